@@ -1,0 +1,93 @@
+"""Image decoding at the edge: any file in, RGB uint8 out, or an :class:`ImageError` that says why.
+
+Handles grayscale, palette, RGBA (composited on white), 16-bit, CMYK, EXIF orientation (faces
+come out upright), PPM/PGM, and refuses decompression bombs and truncated files with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: refuse images with more pixels than this (a decompression-bomb guard); 0 disables it
+MAX_PIXELS = int(os.environ.get("FACEETL_MAX_PIXELS", 12_000 * 12_000))
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; its message becomes the row's status."""
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Decode ``path`` to an upright RGB uint8 array (H, W, 3)."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageError("file not found")
+    if p.is_dir():
+        raise ImageError("is a directory")
+    data = p.read_bytes()
+    return decode_image(data, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes to an upright RGB uint8 array (H, W, 3)."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if len(data) == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if limit and w * h > limit:
+                raise ImageError(f"image too large ({w}x{h} > {limit} pixels)")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb8(im)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image too large ({e})") from None
+    except OSError as e:  # truncated or corrupt data
+        raise ImageError(f"corrupt image ({e})") from None
+    except (ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(f"corrupt image ({e})") from None
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 image."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """RGB uint8 array of PNG (or JPEG) bytes, e.g. a ``crop`` cell."""
+    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if a is None:
+        raise ValueError("cannot decode image bytes")
+    return cv2.cvtColor(a, cv2.COLOR_BGR2RGB)

@@ -1,0 +1,95 @@
+"""Shared fixtures: the real data in ../shared, and a temporary FACEETL_HOME filled from it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACEETL_SHARED", ROOT.parent / "shared"))
+IMAGES = SHARED / "images"
+ANNOTATIONS = SHARED / "annotations"
+
+if not (SHARED / "weights").is_dir():
+    raise RuntimeError(f"test data not found at {SHARED}: the tests need ../shared beside the checkout")
+
+# no test may touch the network: weights come from the temporary home below
+os.environ["FACEETL_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def faceetl_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FACEETL_HOME holding copies of every weight file in ../shared/weights."""
+    home = tmp_path_factory.mktemp("faceetl_home")
+    for f in (SHARED / "weights").rglob("*"):
+        if f.is_file():
+            shutil.copy2(f, home / f.name)
+    old = os.environ.get("FACEETL_HOME")
+    os.environ["FACEETL_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("FACEETL_HOME", None)
+    else:
+        os.environ["FACEETL_HOME"] = old
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    from faceetl.io import load_image
+
+    return load_image(path)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a (N,4) and b (M,4), x1 y1 x2 y2."""
+    a = np.asarray(a, float).reshape(-1, 4)
+    b = np.asarray(b, float).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+
+
+def recall(pred: np.ndarray, gt: np.ndarray, thr: float = 0.5) -> float:
+    """Fraction of ground-truth boxes matched by some prediction at IoU >= thr."""
+    if len(gt) == 0:
+        return 1.0
+    if len(pred) == 0:
+        return 0.0
+    return float((iou(gt, pred).max(axis=1) >= thr).mean())
+
+
+def dlib_pascal_boxes() -> dict[str, np.ndarray]:
+    """Annotated face boxes (x1 y1 x2 y2) of images/dlib_pascal, from dlib's imglab XML."""
+    import xml.etree.ElementTree as ET
+
+    out: dict[str, np.ndarray] = {}
+    root = ET.parse(ANNOTATIONS / "dlib_pascal" / "training.xml").getroot()
+    for img in root.iter("image"):
+        boxes = []
+        for b in img.iter("box"):
+            t, left = float(b.get("top")), float(b.get("left"))
+            w, h = float(b.get("width")), float(b.get("height"))
+            boxes.append([left, t, left + w, t + h])
+        out[Path(img.get("file")).name] = np.array(boxes)
+    return out
+
+
+def wider_gt() -> dict[str, np.ndarray]:
+    """WIDER val GT boxes (x1 y1 x2 y2) of images/wider, keyed by file name."""
+    import json
+
+    data = json.loads((ANNOTATIONS / "wider" / "shared_wider_val_gt.json").read_text())
+    out = {}
+    for d in data:
+        boxes = np.array(d["boxes_xywh"], float).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        out[Path(d["image"]).name] = boxes
+    return out
