@@ -107,25 +107,27 @@ def register_backend(name: str, *, workers: int, gpu: bool = False) -> Callable:
     return wrap
 
 
-def _ensure_builtins() -> None:
-    for mod in _BUILTIN:
-        if mod not in _REGISTRY:
-            importlib.import_module(f"faceetl.backends.{mod}")
+def _import_builtin(name: str) -> None:
+    """Import the built-in backend module ``name`` (each one registers itself)."""
+    if name in _BUILTIN and name not in _REGISTRY:
+        importlib.import_module(f"faceetl.backends.{name}")
 
 
 def list_backends() -> list[str]:
     """Names of all registered backends."""
-    _ensure_builtins()
+    for name in _BUILTIN:
+        _import_builtin(name)
     return sorted(_REGISTRY)
 
 
 def backend_spec(name: str) -> BackendSpec:
     """The registry entry for ``name`` (clear error for an unknown name)."""
-    _ensure_builtins()
+    _import_builtin(name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_REGISTRY)}") from None
+        known = sorted(set(_REGISTRY) | set(_BUILTIN))
+        raise ValueError(f"unknown backend {name!r}; choose one of {known}") from None
 
 
 def default_workers(name: str) -> int:
