@@ -1,3 +1,42 @@
-"""faceetl: folders of photos to training-ready face data on Dask."""
+"""faceetl: folders of photos to training-ready face data on Dask.
+
+>>> import faceetl
+>>> faces = faceetl.extract_faces(faceetl.read_images("photos/**/*.jpg"), backend="dlib")
+>>> faces.to_parquet("faces.parquet")
+"""
+
+from .align import AlignSpec, align_face, arcface_template, dlib_template
+from .backends.base import Detections, Detector, get_backend, list_backends, register_backend
+from .cluster import cluster
+from .io import ImageError, decode_png, load_image
+from .pife import Pife
+from .pipeline import compute, extract_faces, read_images
+from .schema import SCHEMA, boxes_array, landmarks_array
+from .weights import WeightsError, fetch, register_weights
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "SCHEMA",
+    "AlignSpec",
+    "Detections",
+    "Detector",
+    "ImageError",
+    "Pife",
+    "WeightsError",
+    "align_face",
+    "arcface_template",
+    "boxes_array",
+    "cluster",
+    "compute",
+    "decode_png",
+    "dlib_template",
+    "extract_faces",
+    "fetch",
+    "get_backend",
+    "landmarks_array",
+    "list_backends",
+    "load_image",
+    "read_images",
+    "register_backend",
+]

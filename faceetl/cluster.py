@@ -1,0 +1,97 @@
+"""Start the Dask cluster that runs extraction: dask-cuda on GPU machines, a CPU LocalCluster else."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from .backends.base import backend_spec
+
+log = logging.getLogger(__name__)
+
+
+def cuda_device_count() -> int:
+    """Number of visible CUDA GPUs (0 without torch or CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def in_worker_process() -> bool:
+    """True inside a process spawned by multiprocessing (e.g. a Dask worker), not the user's."""
+    return multiprocessing.parent_process() is not None and "__mp_main__" in sys.modules
+
+
+@contextlib.contextmanager
+def _script_not_reimported() -> Iterator[None]:
+    """While worker processes start, hide the main script from multiprocessing's spawn.
+
+    Spawned workers re-import ``__main__`` by its file; a script written without an
+    ``if __name__ == "__main__":`` guard would then run again in every worker. Workers do not need
+    the script (Dask sends functions by value), so its path is hidden while they start.
+    """
+    main = sys.modules.get("__main__")
+    saved = getattr(main, "__file__", None) if main is not None else None
+    if saved is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = saved
+
+
+def cluster(
+    backend: str | None = None,
+    concurrency: int | None = None,
+    gpu: bool | None = None,
+    dashboard_address: str | None = ":8787",
+    quiet: bool = False,
+    **cluster_kwargs: Any,
+):
+    """Start a local cluster for ``backend`` and return a ``distributed.Client`` connected to it.
+
+    On a machine with CUDA GPUs and dask-cuda, a ``LocalCUDACluster`` with one worker per GPU
+    runs ``concurrency`` partitions at once per GPU (for backends that use a GPU). Otherwise a CPU
+    ``LocalCluster`` with ``concurrency`` single-threaded worker processes. ``concurrency``
+    defaults to the backend's entry in the worker map. The dashboard link is printed.
+    """
+    from distributed import Client, LocalCluster
+
+    spec = backend_spec(backend) if backend else None
+    n = concurrency or (spec.workers if spec else None)
+    ngpu = cuda_device_count()
+    use_gpu = (ngpu > 0 and (spec is None or spec.gpu)) if gpu is None else gpu
+    with _script_not_reimported():
+        if use_gpu:
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError as e:
+                raise ImportError(
+                    "a CUDA GPU is present but dask-cuda is not installed: "
+                    "pip install 'faceetl[gpu]', or pass gpu=False"
+                ) from e
+            lc = LocalCUDACluster(
+                threads_per_worker=n or 1, dashboard_address=dashboard_address, **cluster_kwargs
+            )
+        else:
+            lc = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=dashboard_address,
+                **cluster_kwargs,
+            )
+    client = Client(lc)
+    if not quiet:
+        kind = "GPU (dask-cuda)" if use_gpu else "CPU"
+        print(f"faceetl: {kind} cluster with {len(lc.workers)} workers; dashboard: {client.dashboard_link}")
+    return client

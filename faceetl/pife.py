@@ -1,0 +1,125 @@
+"""The paper's API: ``Pife(backend, concurrency).extract(paths, output_dir)``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import schema
+from .backends.base import backend_spec
+from .cluster import cluster, in_worker_process
+from .pipeline import common_root, compute, extract_faces, read_images
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "faces.parquet"
+
+
+class Pife:
+    """Extract aligned face crops from many images with one backend, on a Dask cluster.
+
+    ``concurrency`` is how many workers run the backend (default: the backend's entry in the
+    worker map: opencv 10, dlib 8, mediapipe 2, mtcnn 4, retinaface 2, ssd 4). An active
+    ``distributed.Client`` is used as it is; otherwise a local cluster is started on first use
+    and kept for the next calls (``close()`` or a ``with`` block ends it).
+    """
+
+    def __init__(
+        self,
+        backend: str = "retinaface",
+        concurrency: int | None = None,
+        *,
+        size: int = 112,
+        template: str = "arcface",
+        padding: float = 0.25,
+        batch_size: int = 16,
+        partition_size: int = 32,
+        progress: bool = True,
+        **backend_params: Any,
+    ) -> None:
+        self.backend = backend
+        self.concurrency = concurrency or backend_spec(backend).workers
+        self.size, self.template, self.padding = size, template, padding
+        self.batch_size, self.partition_size = batch_size, partition_size
+        self.progress = progress
+        self.backend_params = backend_params
+        self._client = None
+
+    def __repr__(self) -> str:
+        return f"Pife({self.backend!r}, {self.concurrency})"
+
+    def __enter__(self) -> Pife:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Shut down the cluster this object started (an outside client is left alone)."""
+        if self._client is not None:
+            cl = self._client.cluster
+            self._client.close()
+            if cl is not None:
+                cl.close()
+            self._client = None
+
+    def _ensure_client(self) -> None:
+        from distributed import default_client
+
+        try:
+            default_client()
+            return
+        except ValueError:
+            pass
+        if self._client is None:
+            self._client = cluster(self.backend, self.concurrency)
+
+    def extract(self, paths: Any, output_dir: str | os.PathLike) -> pd.DataFrame:
+        """Detect and align faces of ``paths``; write crops and ``faces.parquet`` to ``output_dir``.
+
+        Crops go under ``output_dir`` mirroring the inputs' layout relative to their common folder.
+        Paths already in an earlier ``faces.parquet`` there are skipped; the returned pandas frame
+        (without crop bytes: see ``crop_path``) is the whole manifest, old rows and new.
+        """
+        if in_worker_process():  # a guard-less script re-imported by a worker: do nothing there
+            return schema.meta()
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = out / MANIFEST
+        ddf = read_images(paths, partition_size=self.partition_size)
+        todo = ddf.compute() if not isinstance(paths, pd.DataFrame) else paths.reset_index(drop=True)
+        todo = todo.assign(path=todo["path"].map(os.fspath))
+        root = common_root(todo["path"])
+        old = pd.read_parquet(manifest) if manifest.exists() else None
+        if old is not None:
+            todo = todo[~todo["path"].isin(set(old["path"]))]
+        if len(todo) == 0:
+            log.info("nothing to do: every path is already in %s", manifest)
+            return old if old is not None else schema.meta()
+        self._ensure_client()
+        faces = extract_faces(
+            read_images(todo, partition_size=self.partition_size),
+            backend=self.backend,
+            size=self.size,
+            template=self.template,
+            padding=self.padding,
+            batch_size=self.batch_size,
+            keep_crops=False,
+            crop_dir=out,
+            crop_root=root,
+            **self.backend_params,
+        )
+        new = compute(faces, progress=self.progress).reset_index(drop=True)
+        result = new if old is None else pd.concat([old, new], ignore_index=True)
+        result = result.drop_duplicates(subset=["path", "face"], keep="last").reset_index(drop=True)
+        tmp = manifest.with_suffix(".parquet.tmp")
+        result.to_parquet(tmp, index=False)
+        os.replace(tmp, manifest)
+        if self.progress:
+            n_ok = int((new["status"] == schema.STATUS_OK).sum())
+            print(f"faceetl: {n_ok} faces from {len(todo)} images -> {out} (manifest {manifest})")
+        return result

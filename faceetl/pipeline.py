@@ -1,0 +1,306 @@
+"""The Dask layer: paths in, a lazy DataFrame of faces out. It never knows which model runs.
+
+Each partition of paths is decoded and sent to the backend in batches inside the worker; the
+backend is looked up by name in the registry, so models load once per worker process and are
+never pickled into the task graph. Every input path appears in the output: one row per face, or
+one row with ``face == -1`` and status ``no_face`` / ``error: <reason>``.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+
+from . import schema
+from .align import AlignSpec, estimate_transform, warp
+from .backends.base import Detections, get_backend
+from .io import ImageError, encode_png, load_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".gif",
+)  # fmt: skip
+DEFAULT_PARTITION_SIZE = 64
+DEFAULT_BATCH_SIZE = 16
+
+
+def _expand_glob(pattern: str) -> list[str]:
+    p = os.path.expanduser(pattern)
+    if os.path.isdir(p):
+        found = [
+            str(f)
+            for f in sorted(Path(p).rglob("*"))
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    elif _glob.has_magic(p):
+        found = sorted(f for f in _glob.glob(p, recursive=True) if not os.path.isdir(f))
+    else:
+        found = [p]  # a single file: kept even if missing, so it gets its error row
+    if not found:
+        raise FileNotFoundError(f"no files match {pattern!r}")
+    return found
+
+
+def read_images(
+    source: str | os.PathLike | Sequence[str | os.PathLike] | pd.DataFrame | dd.DataFrame,
+    partition_size: int = DEFAULT_PARTITION_SIZE,
+    npartitions: int | None = None,
+) -> dd.DataFrame:
+    """A Dask DataFrame with a ``path`` column from a glob, a folder, a list of paths, or a frame.
+
+    A pandas or Dask DataFrame must have a ``path`` column; its other columns (labels, ids) are
+    carried through extraction. ``partition_size`` paths go in each partition unless
+    ``npartitions`` is given.
+    """
+    if isinstance(source, dd.DataFrame):
+        if "path" not in source.columns:
+            raise ValueError("the DataFrame needs a 'path' column")
+        schema.check_carried(source.columns)
+        return source.assign(path=source["path"].astype(schema.STRING))
+    if isinstance(source, pd.DataFrame):
+        if "path" not in source.columns:
+            raise ValueError("the DataFrame needs a 'path' column")
+        df = source.reset_index(drop=True).copy()
+    elif isinstance(source, (str, os.PathLike)):
+        df = pd.DataFrame({"path": _expand_glob(os.fspath(source))})
+    else:
+        df = pd.DataFrame({"path": [os.fspath(p) for p in source]})
+    if len(df) == 0:
+        raise ValueError("no input paths")
+    schema.check_carried(df.columns)
+    df["path"] = df["path"].map(os.fspath).astype(schema.STRING)
+    n = npartitions or max(1, -(-len(df) // max(1, partition_size)))
+    return dd.from_pandas(df, npartitions=min(n, len(df)), sort=False)
+
+
+def crop_relpath(path: str, root: str | None, face: int) -> str:
+    """Where a face crop goes, relative to the output folder: the input's relative layout.
+
+    ``photos/a/b.jpg`` under root ``photos`` gives ``a/b.jpg.face0.png``. A path outside ``root``
+    (or with no root) is placed by its absolute path's parts, never with ``..``.
+    """
+    ap = os.path.abspath(path)
+    rel = None
+    if root:
+        r = os.path.relpath(ap, os.path.abspath(root))
+        if not r.startswith(os.pardir + os.sep) and r != os.pardir and not os.path.isabs(r):
+            rel = r
+    if rel is None:
+        drive, tail = os.path.splitdrive(ap)
+        rel = os.path.join(drive.replace(":", ""), tail.lstrip(os.sep))
+    parts = [p for p in Path(rel).parts if p not in ("", os.curdir, os.pardir, os.sep)]
+    return os.path.join(*parts[:-1], f"{parts[-1]}.face{face}.png") if parts else f"face{face}.png"
+
+
+def _safe_join(out_dir: str, rel: str) -> str:
+    out = os.path.abspath(out_dir)
+    full = os.path.abspath(os.path.join(out, rel))
+    if os.path.commonpath([out, full]) != out:  # cannot happen after crop_relpath, kept as a guard
+        full = os.path.join(out, "_other", hashlib.sha1(rel.encode()).hexdigest() + ".png")
+    return full
+
+
+def _face_rows(
+    path: str,
+    image: np.ndarray,
+    det: Detections,
+    base: dict[str, Any],
+    spec: AlignSpec,
+    crop_dir: str | None,
+    crop_root: str | None,
+    keep_crops: bool,
+) -> list[dict[str, Any]]:
+    h, w = image.shape[:2]
+    base = {**base, "image_width": w, "image_height": h}
+    if len(det) == 0:
+        return [{**base, "status": schema.STATUS_NO_FACE}]
+    rows = []
+    for k in range(len(det)):
+        box = det.boxes[k]
+        lm = det.landmarks[k]
+        m, method = estimate_transform(lm, box, spec)
+        crop = warp(image, m, spec.size)
+        png = encode_png(crop)
+        crop_path = None
+        if crop_dir is not None:
+            crop_path = _safe_join(crop_dir, crop_relpath(path, crop_root, k))
+            os.makedirs(os.path.dirname(crop_path), exist_ok=True)
+            tmp = crop_path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(png)
+            os.replace(tmp, crop_path)
+        rows.append(
+            {
+                **base,
+                "face": k,
+                "x1": float(box[0]),
+                "y1": float(box[1]),
+                "x2": float(box[2]),
+                "y2": float(box[3]),
+                "score": float(det.scores[k]),
+                "landmarks": [float(v) for v in lm.reshape(-1)],
+                "crop": png if keep_crops else None,
+                "crop_path": crop_path,
+                "alignment": method,
+                "affine": [float(v) for v in m.reshape(-1)],
+                "status": schema.STATUS_OK,
+            }
+        )
+    return rows
+
+
+def _detect_isolating(detector: Any, images: list[np.ndarray]) -> list[Detections | Exception]:
+    """Detect a batch; if the batch fails, retry image by image so one bad image costs one row."""
+    try:
+        out = detector.detect_batch(images)
+        if len(out) != len(images):
+            raise RuntimeError(f"backend returned {len(out)} results for {len(images)} images")
+        return [d.clip(im.shape[1], im.shape[0]) for d, im in zip(out, images, strict=True)]
+    except Exception as batch_error:
+        if len(images) == 1:
+            return [batch_error]
+        return [r for im in images for r in _detect_isolating(detector, [im])]
+
+
+def extract_partition(
+    part: pd.DataFrame,
+    backend: str,
+    backend_params: dict[str, Any],
+    spec: AlignSpec,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    crop_dir: str | None = None,
+    crop_root: str | None = None,
+    keep_crops: bool = True,
+    max_pixels: int | None = None,
+) -> pd.DataFrame:
+    """Faces of one partition of paths (a pandas frame with a ``path`` column) in the schema."""
+    carried_cols = [c for c in part.columns if c != "path"]
+    if len(part) == 0:
+        return schema.meta(part[carried_cols])
+    detector = get_backend(backend, **backend_params)
+    prov = json.dumps(
+        {"backend": detector.provenance(), "align": spec.__dict__}, sort_keys=True, default=str
+    )
+    paths = [str(p) for p in part["path"]]
+    rows: list[dict[str, Any]] = []
+    origin: list[int] = []  # input row of each output row
+
+    def emit(i: int, new: list[dict[str, Any]]) -> None:
+        rows.extend(new)
+        origin.extend([i] * len(new))
+
+    for start in range(0, len(paths), batch_size):
+        idx, images = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
+            try:
+                images.append(load_image(paths[i], max_pixels=max_pixels))
+                idx.append(i)
+            except ImageError as e:
+                emit(i, [{**base, "status": schema.error_status(str(e))}])
+            except Exception as e:  # unreadable file, permissions, ...
+                emit(i, [{**base, "status": schema.error_status(f"{type(e).__name__}: {e}")}])
+        results = _detect_isolating(detector, images) if images else []
+        for i, image, det in zip(idx, images, results, strict=True):
+            base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
+            h, w = image.shape[:2]
+            if isinstance(det, Exception):
+                status = schema.error_status(f"detection failed ({type(det).__name__}: {det})")
+                emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
+                continue
+            try:
+                emit(i, _face_rows(paths[i], image, det, base, spec, crop_dir, crop_root, keep_crops))
+            except Exception as e:
+                status = schema.error_status(f"alignment failed ({type(e).__name__}: {e})")
+                emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
+        del images
+    order = np.argsort(np.asarray(origin, dtype=np.int64), kind="stable")
+    rows = [rows[j] for j in order]
+    carried = part[carried_cols].iloc[[origin[j] for j in order]] if carried_cols else None
+    return schema.frame(rows, carried)
+
+
+def extract_faces(
+    paths: Any,
+    backend: str = "retinaface",
+    size: int = 112,
+    template: str = "arcface",
+    padding: float = 0.25,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    keep_crops: bool = True,
+    crop_dir: str | os.PathLike | None = None,
+    crop_root: str | os.PathLike | None = None,
+    max_pixels: int | None = None,
+    **backend_params: Any,
+) -> dd.DataFrame:
+    """Lazy Dask DataFrame of detected, aligned faces (see :mod:`faceetl.schema` for columns).
+
+    ``paths`` is anything :func:`read_images` takes. ``backend_params`` go to the backend's
+    constructor (e.g. ``threshold=0.6``). With ``crop_dir`` the crops are also written as PNG files
+    there, mirroring the inputs' layout below ``crop_root``; ``keep_crops=False`` leaves the
+    ``crop`` bytes out of the frame.
+    """
+    from .backends.base import backend_spec
+
+    backend_spec(backend)  # unknown names fail here, not on the workers
+    spec = AlignSpec(template, size, padding)
+    ddf = paths if isinstance(paths, dd.DataFrame) and "path" in paths.columns else read_images(paths)
+    carried = schema.check_carried(ddf.columns)
+    meta = schema.meta(ddf._meta[carried])
+    return ddf.map_partitions(
+        extract_partition,
+        backend,
+        dict(backend_params),
+        spec,
+        batch_size=batch_size,
+        crop_dir=None if crop_dir is None else os.fspath(crop_dir),
+        crop_root=None if crop_root is None else os.fspath(crop_root),
+        keep_crops=keep_crops,
+        max_pixels=max_pixels,
+        meta=meta,
+        clear_divisions=True,
+    )
+
+
+def compute(collection: Any, progress: bool = True) -> Any:
+    """Compute a Dask collection with a progress bar (distributed's when a client is active)."""
+    try:
+        from distributed import default_client, progress as dprogress
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        persisted = client.persist(collection)
+        if progress:
+            dprogress(persisted)
+        return client.compute(persisted).result()
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return dask.compute(collection)[0]
+    return dask.compute(collection)[0]
+
+
+def common_root(paths: Iterable[str]) -> str | None:
+    """The deepest folder holding every path (None when there are none)."""
+    dirs = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    if not dirs:
+        return None
+    try:
+        return os.path.commonpath(sorted(dirs))
+    except ValueError:  # different drives
+        return None

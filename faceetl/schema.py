@@ -1,0 +1,110 @@
+"""The one schema of the face DataFrame: column names, dtypes, and how rows become frames."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+STRING = pd.StringDtype("pyarrow")
+FLOATS = pd.ArrowDtype(pa.list_(pa.float32()))
+DOUBLES = pd.ArrowDtype(pa.list_(pa.float64()))
+BYTES = pd.ArrowDtype(pa.binary())
+
+#: column -> dtype, in output order. Landmarks are 10 floats (x, y of the 5 ArcFace points, NaN
+#: where unknown); ``affine`` is the 6-float row-major image-to-crop transform.
+SCHEMA: dict[str, Any] = {
+    "path": STRING,
+    "face": "int64",
+    "x1": "float64",
+    "y1": "float64",
+    "x2": "float64",
+    "y2": "float64",
+    "score": "float64",
+    "landmarks": FLOATS,
+    "crop": BYTES,
+    "crop_path": STRING,
+    "alignment": STRING,
+    "affine": DOUBLES,
+    "status": STRING,
+    "backend": STRING,
+    "image_width": "int64",
+    "image_height": "int64",
+    "provenance": STRING,
+}
+
+STATUS_OK = "ok"
+STATUS_NO_FACE = "no_face"
+
+
+def error_status(reason: str) -> str:
+    """The status string of an image that failed: ``error: <reason>``."""
+    return f"error: {reason}"
+
+
+def empty_row(path: str) -> dict[str, Any]:
+    """A row with every schema column at its 'nothing' value, for ``path``."""
+    return {
+        "path": path,
+        "face": -1,
+        "x1": np.nan,
+        "y1": np.nan,
+        "x2": np.nan,
+        "y2": np.nan,
+        "score": np.nan,
+        "landmarks": None,
+        "crop": None,
+        "crop_path": None,
+        "alignment": None,
+        "affine": None,
+        "status": "",
+        "backend": "",
+        "image_width": -1,
+        "image_height": -1,
+        "provenance": "",
+    }
+
+
+def frame(rows: Iterable[Mapping[str, Any]], carried: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A pandas frame in the schema from row dicts; ``carried`` columns (same length) are appended."""
+    rows = list(rows)
+    cols = {c: pd.Series([r[c] for r in rows], dtype=t) for c, t in SCHEMA.items()}
+    df = pd.DataFrame(cols)
+    if carried is not None:
+        carried = carried.reset_index(drop=True)
+        for c in carried.columns:
+            df[c] = carried[c]
+    return df
+
+
+def meta(carried: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The empty frame that describes the output (for ``map_partitions(meta=...)``)."""
+    return frame([], None if carried is None else carried.iloc[:0])
+
+
+def check_carried(columns: Iterable[str]) -> list[str]:
+    """Input columns carried through to the output; clashes with schema names are refused."""
+    cols = [c for c in columns if c != "path"]
+    clash = sorted(set(cols) & set(SCHEMA))
+    if clash:
+        raise ValueError(
+            f"input columns {clash} clash with faceetl's output columns; rename them first"
+        )
+    return cols
+
+
+def landmarks_array(df: pd.DataFrame) -> np.ndarray:
+    """The ``landmarks`` column as an (N, 5, 2) float array (NaN for rows without a face)."""
+    out = np.full((len(df), 5, 2), np.nan, np.float32)
+    for i, v in enumerate(df["landmarks"]):
+        if v is not None and not (isinstance(v, float) and np.isnan(v)):
+            out[i] = np.asarray(v, np.float32).reshape(5, 2)
+    return out
+
+
+def boxes_array(df: pd.DataFrame) -> np.ndarray:
+    """The box columns as an (N, 4) float array."""
+    return df[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
