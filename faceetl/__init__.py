@@ -11,7 +11,7 @@ from .cluster import cluster
 from .io import ImageError, decode_png, load_image
 from .pife import Pife
 from .pipeline import compute, extract_faces, read_images
-from .schema import SCHEMA, boxes_array, landmarks_array
+from .schema import SCHEMA, boxes_array, landmarks_array, read_faces
 from .weights import WeightsError, fetch, register_weights
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "landmarks_array",
     "list_backends",
     "load_image",
+    "read_faces",
     "read_images",
     "register_backend",
 ]

@@ -94,7 +94,7 @@ class Pife:
         todo = ddf.compute() if not isinstance(paths, pd.DataFrame) else paths.reset_index(drop=True)
         todo = todo.assign(path=todo["path"].map(os.fspath))
         root = common_root(todo["path"])
-        old = pd.read_parquet(manifest) if manifest.exists() else None
+        old = schema.read_faces(manifest) if manifest.exists() else None
         if old is not None:
             todo = todo[~todo["path"].isin(set(old["path"]))]
         if len(todo) == 0:

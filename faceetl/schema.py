@@ -108,3 +108,21 @@ def landmarks_array(df: pd.DataFrame) -> np.ndarray:
 def boxes_array(df: pd.DataFrame) -> np.ndarray:
     """The box columns as an (N, 4) float array."""
     return df[["x1", "y1", "x2", "y2"]].to_numpy(np.float64)
+
+
+def _arrow_types(t: pa.DataType) -> pd.ArrowDtype | None:
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_binary(t):
+        return pd.ArrowDtype(t)
+    return None
+
+
+def read_faces(path: str | Any, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a faces parquet file or folder (``faces.to_parquet`` or Pife's manifest) to pandas.
+
+    Use this rather than ``pd.read_parquet``: pandas cannot parse the dtype names of list columns
+    (``landmarks``, ``affine``) that it wrote itself, so they are rebuilt from the Arrow types here.
+    """
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=columns)
+    return table.to_pandas(types_mapper=_arrow_types)

@@ -1,0 +1,80 @@
+"""The seed API end to end on a real LocalCluster: crops, manifest, re-runs, guard-less scripts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import IMAGES
+from faceetl import Pife, read_faces
+from faceetl.backends.base import default_workers, list_backends
+
+PHOTOS = ["single/fr_obama_small.jpg", "group/facenet_multiface.jpg", "single/deepface_img5.jpg"]
+
+
+def test_worker_map_is_the_seeds():
+    assert set(list_backends()) >= {"opencv", "dlib", "mediapipe", "mtcnn", "retinaface", "ssd"}
+    assert {b: default_workers(b) for b in ("opencv", "dlib", "mediapipe", "mtcnn", "retinaface", "ssd")} == {
+        "opencv": 10, "dlib": 8, "mediapipe": 2, "mtcnn": 4, "retinaface": 2, "ssd": 4}  # fmt: skip
+    assert Pife("dlib").concurrency == 8 and Pife("dlib", 3).concurrency == 3
+
+
+@pytest.fixture()
+def photo_tree(tmp_path):
+    root = tmp_path / "photos"
+    for rel in PHOTOS:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(IMAGES / rel, root / rel)
+    (root / "single" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return root
+
+
+def test_pife_extract_writes_crops_manifest_and_skips_done_work(photo_tree, tmp_path):
+    out = tmp_path / "out"
+    paths = sorted(str(p) for p in photo_tree.rglob("*.jpg"))
+    with Pife("dlib", 2, progress=False) as pife:
+        first = pife.extract(paths[:3], out)
+        assert pife._client is not None and len(pife._client.scheduler_info()["workers"]) == 2
+        manifest = read_faces(out / "faces.parquet")
+        assert len(manifest) == len(first)
+        ok = first[first["status"] == "ok"]
+        for p in ok["crop_path"]:
+            assert os.path.isfile(p) and os.path.commonpath([str(out), p]) == str(out)
+        rels = {os.path.relpath(p, out).split(os.sep)[0] for p in ok["crop_path"]}
+        assert rels <= {"single", "group"}  # the inputs' layout, mirrored
+        n_files = sum(1 for _ in out.rglob("*.png"))
+        # second run: the done paths are skipped, the rest added, nothing duplicated
+        second = pife.extract(paths, out)
+    assert set(second["path"]) == set(paths)
+    assert not second.duplicated(["path", "face"]).any()
+    assert len(second) == len(first) + len(second[~second["path"].isin(first["path"])])
+    assert (second.set_index("path").loc[str(photo_tree / "single" / "broken.jpg"), "status"]).startswith("error")
+    assert sum(1 for _ in out.rglob("*.png")) >= n_files
+    assert (second["status"] == "ok").sum() == 8  # 6 + 1 + 1 faces
+    third = Pife("dlib", 2, progress=False).extract(paths, out)  # all done: no cluster needed
+    assert len(third) == len(second)
+
+
+def test_guardless_script_runs_once(photo_tree, tmp_path):
+    """The seed's script, at module level with no __main__ guard, on the default cluster."""
+    out = tmp_path / "out"
+    script = tmp_path / "seed.py"
+    script.write_text(textwrap.dedent(f"""
+        from faceetl import Pife
+        print("SCRIPT-START", flush=True)
+        paths = {sorted(str(p) for p in photo_tree.rglob("*.jpg"))!r}
+        faces = Pife("dlib", 2).extract(paths, {str(out)!r})
+        print("ROWS", len(faces), (faces["status"] == "ok").sum(), flush=True)
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("SCRIPT-START") == 1, r.stdout
+    assert "ROWS 9 8" in r.stdout  # 8 face rows + 1 row for the broken file
+    assert "dashboard" in r.stdout
+    assert (out / "faces.parquet").exists()
