@@ -40,4 +40,5 @@ __all__ = [
     "read_faces",
     "read_images",
     "register_backend",
+    "register_weights",
 ]

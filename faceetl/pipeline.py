@@ -277,7 +277,8 @@ def extract_faces(
 def compute(collection: Any, progress: bool = True) -> Any:
     """Compute a Dask collection with a progress bar (distributed's when a client is active)."""
     try:
-        from distributed import default_client, progress as dprogress
+        from distributed import default_client
+        from distributed import progress as dprogress
 
         client = default_client()
     except (ImportError, ValueError):

@@ -1,0 +1,228 @@
+"""MediaPipe BlazeFace through the maintained Tasks API (``vision.FaceDetector``).
+
+The shared models are the legacy-solution ``face_detection_short_range.tflite`` (128x128 input)
+and ``face_detection_full_range_sparse.tflite`` (192x192). They carry no TFLite metadata, and
+the Tasks API refuses a float-input model without it ("Input tensor has type float32: it
+requires specifying NormalizationOptions metadata"). mediapipe's own metadata writer
+(``mediapipe.tasks.python.metadata.metadata_writers``) cannot be imported in mediapipe 1.2.2 (it
+imports the missing extension ``mediapipe.tasks.cc.metadata.python._pywrap_metadata_version``),
+so :func:`with_task_metadata` writes the same metadata with mediapipe's generated flatbuffer
+schema classes (``mediapipe.tasks.metadata``): an RGB image input normalised with mean 127.5
+and std 127.5 (pixels to [-1, 1], as the legacy graph's ImageToTensorCalculator did), and the two
+output tensors named. The verified weight file is not modified; the patched copy lives in memory
+and goes to the detector as ``model_asset_buffer``. Anchors, decoding and NMS are MediaPipe's own.
+
+BlazeFace gives 6 keypoints: the subject's right eye, left eye, nose tip, mouth centre, right ear
+tragion, left ear tragion. The eyes and nose fill the ArcFace 5 (eyes ordered by x in the
+image); mouth corners are not given and stay NaN. All 6 in pixels are in
+``extra["keypoints6"]`` in MediaPipe's order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from faceetl.backends.base import Detections, register_backend
+from faceetl.weights import fetch, register_weights, weights_info
+
+log = logging.getLogger(__name__)
+
+_SRC = (
+    "https://raw.githubusercontent.com/google-ai-edge/mediapipe/"
+    "63e679d99ca45b30514a9d84c9351a2d77bb9ba0/mediapipe/modules/face_detection/"
+)
+#: model option -> registered weights name
+MODELS = {
+    "short": "mediapipe_face_detection_short_range",
+    "full": "mediapipe_face_detection_full_range_sparse",
+}
+register_weights(
+    MODELS["short"],
+    _SRC + "face_detection_short_range.tflite",
+    "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+    "face_detection_short_range.tflite",
+    "MediaPipe BlazeFace short range (faces within ~2 m), 128x128 input, no TFLite metadata",
+)
+register_weights(
+    MODELS["full"],
+    _SRC + "face_detection_full_range_sparse.tflite",
+    "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
+    "face_detection_full_range_sparse.tflite",
+    "MediaPipe BlazeFace full range sparse (faces within ~5 m), 192x192 input, no TFLite metadata",
+)
+
+#: input normalisation of BlazeFace: (pixel - 127.5) / 127.5 -> [-1, 1]
+NORM_MEAN = 127.5
+NORM_STD = 127.5
+
+
+def with_task_metadata(model: bytes, name: str = "blazeface") -> bytes:
+    """The TFLite ``model`` with the metadata the Tasks FaceDetector needs added.
+
+    Adds a ``TFLITE_METADATA`` buffer (image input, RGB, NormalizationOptions; two named
+    outputs), as mediapipe's MetadataPopulator does. Fails if the model already has one.
+    """
+    import flatbuffers
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
+    from mediapipe.tasks.metadata import schema_py_generated as sfb
+
+    image = mfb.TensorMetadataT()
+    image.name = "image"
+    image.description = "RGB image, normalised to [-1, 1]"
+    content = mfb.ContentT()
+    content.contentPropertiesType = mfb.ContentProperties.ImageProperties
+    props = mfb.ImagePropertiesT()
+    props.colorSpace = mfb.ColorSpaceType.RGB
+    content.contentProperties = props
+    image.content = content
+    norm = mfb.NormalizationOptionsT()
+    norm.mean = [NORM_MEAN]
+    norm.std = [NORM_STD]
+    unit = mfb.ProcessUnitT()
+    unit.optionsType = mfb.ProcessUnitOptions.NormalizationOptions
+    unit.options = norm
+    image.processUnits = [unit]
+    outputs = []
+    for out_name in ("regressors", "classificators"):
+        t = mfb.TensorMetadataT()
+        t.name = out_name
+        outputs.append(t)
+    subgraph = mfb.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [image]
+    subgraph.outputTensorMetadata = outputs
+    meta = mfb.ModelMetadataT()
+    meta.name = name
+    meta.description = "BlazeFace face detector (legacy MediaPipe model, metadata added by faceetl)"
+    meta.minParserVersion = "1.0.0"  # only 1.0.0 features (image input + normalisation)
+    meta.subgraphMetadata = [subgraph]
+    b = flatbuffers.Builder(0)
+    b.Finish(meta.Pack(b), b"M001")
+    meta_buf = bytes(b.Output())
+
+    tfl = sfb.ModelT.InitFromObj(sfb.Model.GetRootAsModel(bytearray(model), 0))
+    sg = tfl.subgraphs[0]
+    if len(sg.inputs) != 1 or len(sg.outputs) != 2:
+        raise ValueError("not a BlazeFace model: expected 1 input and 2 outputs")
+    if any(m.name == b"TFLITE_METADATA" for m in tfl.metadata or []):
+        raise ValueError("model already has TFLITE_METADATA")
+    buf = sfb.BufferT()
+    buf.data = np.frombuffer(meta_buf, np.uint8)
+    tfl.buffers.append(buf)
+    entry = sfb.MetadataT()
+    entry.name = "TFLITE_METADATA"
+    entry.buffer = len(tfl.buffers) - 1
+    tfl.metadata = [*(tfl.metadata or []), entry]
+    b = flatbuffers.Builder(0)
+    b.Finish(tfl.Pack(b), b"TFL3")
+    return bytes(b.Output())
+
+
+@register_backend("mediapipe", workers=2, gpu=False)
+class MediaPipeDetector:
+    """BlazeFace (short or full range) via ``mediapipe.tasks.python.vision.FaceDetector``."""
+
+    name = "mediapipe"
+
+    def __init__(
+        self,
+        *,
+        model: str = "short",
+        min_detection_confidence: float = 0.5,
+        min_suppression_threshold: float = 0.3,
+    ) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, not {model!r}")
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self._mp = mp
+        self.model = model
+        self.min_detection_confidence = float(min_detection_confidence)
+        self.min_suppression_threshold = float(min_suppression_threshold)
+        wf = weights_info(MODELS[model])
+        path = fetch(MODELS[model])
+        self._weights_sha256 = wf.sha256
+        self._weights_file = wf.filename
+        patched = with_task_metadata(path.read_bytes(), name=path.stem)
+        self._patched_sha256 = hashlib.sha256(patched).hexdigest()
+        self._mp_version = getattr(mp, "__version__", "unknown")
+        options = vision.FaceDetectorOptions(
+            base_options=BaseOptions(model_asset_buffer=patched),
+            running_mode=vision.RunningMode.IMAGE,
+            min_detection_confidence=self.min_detection_confidence,
+            min_suppression_threshold=self.min_suppression_threshold,
+        )
+        self._detector = vision.FaceDetector.create_from_options(options)
+        # One detector per instance, reused for every call. Concurrent detect() calls on one
+        # detector gave identical results in our check, but the Tasks API does not document
+        # thread safety, so calls are serialised.
+        self._lock = threading.Lock()
+        log.debug("mediapipe %s FaceDetector loaded (%s)", self._mp_version, wf.filename)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Faces in one RGB uint8 image (H, W, 3)."""
+        img = np.asarray(image)
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
+        img = np.ascontiguousarray(img[:, :, :3])
+        h, w = img.shape[:2]
+        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=img)
+        with self._lock:
+            result = self._detector.detect(mp_image)
+        faces = result.detections
+        if not faces:
+            empty = Detections.empty()
+            empty.extra["keypoints6"] = np.zeros((0, 6, 2), np.float32)
+            return empty
+        boxes = np.zeros((len(faces), 4), np.float32)
+        scores = np.zeros(len(faces), np.float32)
+        kp6 = np.full((len(faces), 6, 2), np.nan, np.float32)
+        for i, det in enumerate(faces):
+            bb = det.bounding_box
+            boxes[i] = (bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height)
+            scores[i] = det.categories[0].score if det.categories else np.nan
+            for k, kp in enumerate((det.keypoints or [])[:6]):
+                kp6[i, k] = (kp.x * w, kp.y * h)
+        landmarks = np.full((len(faces), 5, 2), np.nan, np.float32)
+        swap = kp6[:, 0, 0] > kp6[:, 1, 0]  # eyes in image order: smaller x first
+        landmarks[:, 0] = np.where(swap[:, None], kp6[:, 1], kp6[:, 0])
+        landmarks[:, 1] = np.where(swap[:, None], kp6[:, 0], kp6[:, 1])
+        landmarks[:, 2] = kp6[:, 2]
+        scores = np.clip(scores, 0.0, 1.0)
+        return Detections(boxes, scores, landmarks, {"keypoints6": kp6}).clip(w, h)
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """One :class:`Detections` per RGB uint8 image, in order (images run one by one)."""
+        return [self.detect(im) for im in images]
+
+    def provenance(self) -> dict[str, Any]:
+        """Parameters, the weight file's sha256 and that of the copy with metadata added."""
+        return {
+            "backend": self.name,
+            "model": self.model,
+            "min_detection_confidence": self.min_detection_confidence,
+            "min_suppression_threshold": self.min_suppression_threshold,
+            "weights": {self._weights_file: self._weights_sha256},
+            "task_model_sha256": self._patched_sha256,
+            "normalization": {"mean": NORM_MEAN, "std": NORM_STD},
+            "mediapipe": self._mp_version,
+        }
+
+    def close(self) -> None:
+        """Release the MediaPipe graph."""
+        det, self._detector = getattr(self, "_detector", None), None
+        if det is not None:
+            det.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to release
+            pass

@@ -1,0 +1,203 @@
+"""The mediapipe backend (BlazeFace via the Tasks API) on the real shared images."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES, SHARED, dlib_pascal_boxes, load_rgb, recall
+from faceetl.backends.base import Detections, get_backend
+from faceetl.weights import WeightsError
+
+SHORT_SHA = "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"
+FULL_SHA = "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce"
+
+# faces found at the defaults (confidence 0.5, suppression 0.3), measured with mediapipe 1.2.2
+GROUP_COUNTS = {
+    "short": {
+        "deepface_couple.jpg": 2,
+        "deepface_selfie-many-people.jpg": 3,
+        "dlib_bald_guys.jpg": 3,
+        "facenet_multiface.jpg": 0,
+        "fr_two_people.jpg": 2,
+        "insightface_t1.jpg": 0,
+        "retinaface_curve_test.jpg": 0,
+    },
+    "full": {
+        "deepface_couple.jpg": 2,
+        "deepface_selfie-many-people.jpg": 4,
+        "dlib_bald_guys.jpg": 15,
+        "facenet_multiface.jpg": 5,
+        "fr_two_people.jpg": 2,
+        "insightface_t1.jpg": 4,
+        "retinaface_curve_test.jpg": 3,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def short():
+    return get_backend("mediapipe")
+
+
+@pytest.fixture(scope="module")
+def full():
+    return get_backend("mediapipe", model="full")
+
+
+@pytest.fixture(scope="module")
+def group_images() -> dict[str, np.ndarray]:
+    return {f.name: load_rgb(f) for f in sorted((IMAGES / "group").glob("*.jpg"))}
+
+
+def _check(det: Detections, image: np.ndarray) -> None:
+    h, w = image.shape[:2]
+    n = len(det)
+    assert det.boxes.shape == (n, 4) and det.landmarks.shape == (n, 5, 2)
+    assert det.extra["keypoints6"].shape == (n, 6, 2)
+    assert np.all((det.scores >= 0.5) & (det.scores <= 1))
+    assert np.all(det.boxes[:, [0, 2]] >= 0) and np.all(det.boxes[:, [0, 2]] <= w)
+    assert np.all(det.boxes[:, [1, 3]] >= 0) and np.all(det.boxes[:, [1, 3]] <= h)
+    assert np.all(det.boxes[:, 2] > det.boxes[:, 0]) and np.all(det.boxes[:, 3] > det.boxes[:, 1])
+
+
+def test_tasks_api_refuses_the_legacy_model_as_is():
+    """Why the backend adds metadata: the bare legacy model is refused by the Tasks API."""
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    path = SHARED / "weights" / "mediapipe" / "face_detection_short_range.tflite"
+    opts = vision.FaceDetectorOptions(
+        base_options=BaseOptions(model_asset_path=str(path)),
+        running_mode=vision.RunningMode.IMAGE,
+    )
+    with pytest.raises(Exception, match="NormalizationOptions"):
+        vision.FaceDetector.create_from_options(opts)
+
+
+def test_single_faces(short, full):
+    files = sorted((IMAGES / "single").glob("*.jpg"))
+    assert len(files) == 5
+    for f in files:
+        img = load_rgb(f)
+        for det in (short.detect_batch([img])[0], full.detect_batch([img])[0]):
+            _check(det, img)
+            assert len(det) == 1, f.name
+            x1, y1, x2, y2 = det.boxes[0]
+            eyes_nose = det.landmarks[0, :3]
+            assert np.all(np.isfinite(eyes_nose)), f.name
+            assert np.all((eyes_nose[:, 0] > x1) & (eyes_nose[:, 0] < x2)), f.name
+            assert np.all((eyes_nose[:, 1] > y1) & (eyes_nose[:, 1] < y2)), f.name
+            assert eyes_nose[0, 0] < eyes_nose[1, 0]  # left eye = smaller x
+            assert np.all(np.isnan(det.landmarks[0, 3:]))  # no mouth corners from BlazeFace
+            # the 5 points come from the 6 keypoints: eyes (either order) and the nose tip
+            kp = det.extra["keypoints6"][0]
+            assert {tuple(kp[0]), tuple(kp[1])} == {tuple(eyes_nose[0]), tuple(eyes_nose[1])}
+            np.testing.assert_array_equal(kp[2], eyes_nose[2])
+            # mouth centre below the nose, ear tragions outside the eyes
+            assert kp[3, 1] > kp[2, 1]
+            assert (
+                min(kp[4, 0], kp[5, 0])
+                < eyes_nose[0, 0]
+                < eyes_nose[1, 0]
+                < max(kp[4, 0], kp[5, 0])
+            )
+            eye_dist = eyes_nose[1, 0] - eyes_nose[0, 0]
+            assert 0.2 * (x2 - x1) < eye_dist < 0.7 * (x2 - x1)
+
+
+@pytest.mark.parametrize("model", ["short", "full"])
+def test_group_counts(model, short, full, group_images):
+    det = short if model == "short" else full
+    got = {
+        name: len(d)
+        for name, d in zip(group_images, det.detect_batch(list(group_images.values())), strict=True)
+    }
+    want = GROUP_COUNTS[model]
+    assert set(got) == set(want)
+    for name, n in want.items():
+        assert abs(got[name] - n) <= (0 if n <= 2 else 1), (name, got[name], n)
+
+
+def test_full_range_finds_the_distant_faces(short, full, group_images):
+    """Short range is for selfie distance; the full-range model finds the faces in group photos."""
+    imgs = list(group_images.values())
+    n_short = sum(len(d) for d in short.detect_batch(imgs))
+    n_full = sum(len(d) for d in full.detect_batch(imgs))
+    assert n_full >= 30 and n_full > 2 * n_short
+    hits = {"short": 0.0, "full": 0.0}
+    total = 0
+    for name, gt in dlib_pascal_boxes().items():
+        img = load_rgb(IMAGES / "dlib_pascal" / name)
+        total += len(gt)
+        for key, det in (("short", short), ("full", full)):
+            hits[key] += recall(det.detect_batch([img])[0].boxes, gt) * len(gt)
+    assert total == 18
+    assert hits["full"] / total >= 0.9
+    assert hits["short"] / total < 0.5
+
+
+def test_mixed_batch(short):
+    imgs = [
+        load_rgb(IMAGES / "group" / "deepface_couple.jpg"),
+        load_rgb(IMAGES / "landmarks" / "takeo.ppm"),
+        load_rgb(IMAGES / "aligned" / "insightface_Tom_Hanks_54745.png"),
+        np.full((50, 80, 3), 128, np.uint8),
+        load_rgb(IMAGES / "single" / "fr_obama_small.jpg"),
+    ]
+    out = short.detect_batch(imgs)
+    assert len(out) == len(imgs)
+    for det, img in zip(out, imgs, strict=True):
+        _check(det, img)
+    assert [len(d) for d in out] == [2, 1, 1, 0, 1]
+    assert short.detect_batch([]) == []
+    # same answer alone as in the batch
+    alone = short.detect_batch([imgs[4]])[0]
+    np.testing.assert_array_equal(alone.boxes, out[4].boxes)
+
+
+def test_detector_reused_and_thread_safe(short, group_images):
+    imgs = list(group_images.values())[:4]
+    first = short.detect_batch(imgs)
+    detector = short._detector
+    with ThreadPoolExecutor(4) as ex:
+        threaded = list(ex.map(lambda im: short.detect_batch([im])[0], imgs * 2))
+    assert short._detector is detector
+    for a, b in zip(first * 2, threaded, strict=True):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_provenance(short, full):
+    for det, sha, fname in (
+        (short, SHORT_SHA, "face_detection_short_range.tflite"),
+        (full, FULL_SHA, "face_detection_full_range_sparse.tflite"),
+    ):
+        p = det.provenance()
+        json.dumps(p)
+        assert p["weights"] == {fname: sha}
+        assert p["min_detection_confidence"] == 0.5 and p["min_suppression_threshold"] == 0.3
+        assert len(p["task_model_sha256"]) == 64 and p["task_model_sha256"] != sha
+
+
+def test_missing_model_offline(tmp_path, monkeypatch):
+    from faceetl.backends.mediapipe import MediaPipeDetector
+
+    monkeypatch.setenv("FACEETL_HOME", str(tmp_path))
+    monkeypatch.setenv("FACEETL_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="face_detection_full_range_sparse.tflite"):
+        MediaPipeDetector(model="full")
+    with pytest.raises(ValueError, match="model must be"):
+        MediaPipeDetector(model="long")
+
+
+def test_metadata_writer_refuses_a_second_patch():
+    from faceetl.backends.mediapipe import with_task_metadata
+
+    raw = (SHARED / "weights" / "mediapipe" / "face_detection_short_range.tflite").read_bytes()
+    patched = with_task_metadata(raw)
+    assert patched[4:8] == b"TFL3" and b"TFLITE_METADATA" in patched
+    with pytest.raises(ValueError, match="already has"):
+        with_task_metadata(patched)
