@@ -286,7 +286,13 @@ def compute(collection: Any, progress: bool = True) -> Any:
     if client is not None:
         persisted = client.persist(collection)
         if progress:
-            dprogress(persisted)
+            try:  # the widget needs ipywidgets; without it, the text bar
+                import ipywidgets  # noqa: F401
+
+                notebook = None
+            except ImportError:
+                notebook = False
+            dprogress(persisted, notebook=notebook)
         return client.compute(persisted).result()
     if progress:
         from dask.diagnostics import ProgressBar
