@@ -78,3 +78,25 @@ def test_guardless_script_runs_once(photo_tree, tmp_path):
     assert "ROWS 9 8" in r.stdout  # 8 face rows + 1 row for the broken file
     assert "dashboard" in r.stdout
     assert (out / "faces.parquet").exists()
+
+
+def test_model_loads_once_per_worker(photo_tree, tmp_path):
+    from faceetl.backends import base
+
+    paths = sorted(str(p) for p in photo_tree.rglob("*.jpg")) * 1
+    with Pife("dlib", 2, progress=False, partition_size=1) as pife:
+        pife.extract(paths, tmp_path / "out")
+        loaded = pife._client.run(lambda: list(base._LOADED))
+    assert len(loaded) == 2
+    assert all(len(v) <= 1 for v in loaded.values())  # one detector per worker at most
+    assert sum(len(v) for v in loaded.values()) >= 1
+
+
+def test_quickstart_example_runs():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "examples", "quickstart.py")],
+                       capture_output=True, text=True, timeout=600, cwd=root)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "faces.parquet" in r.stdout
+    df = read_faces(os.path.join(root, "examples", "output", "faces.parquet"))
+    assert (df["status"] == "ok").sum() >= 10 and (df["status"] == "ok").all()

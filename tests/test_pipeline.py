@@ -132,3 +132,15 @@ def test_crops_written_mirroring_inputs(sync, tmp_path):
     assert sorted(os.path.relpath(p, out) for p in df["crop_path"]) == [
         "p/q/face.jpg.face0.png", "r/face.jpg.face0.png"]  # fmt: skip
     assert all(np.asarray(Image.open(p)).shape == (112, 112, 3) for p in df["crop_path"])
+
+
+def test_graph_carries_no_model():
+    """Building the graph loads nothing here, and the graph is small: models load on workers."""
+    import cloudpickle
+
+    from faceetl.backends import base
+
+    base.clear_cache()
+    faces = extract_faces([str(IMAGES / "single" / "fr_obama_small.jpg")] * 50, backend="retinaface")
+    assert base._LOADED == {}
+    assert len(cloudpickle.dumps(faces.__dask_graph__())) < 200_000
