@@ -1,0 +1,645 @@
+"""MTCNN (P-, R-, O-Net cascade) in torch, loading facenet-pytorch's weights, batched over
+mixed-size images.
+
+The cascade follows facenet-pytorch's ``detect_face``: an image pyramid (min face 20 px,
+factor 0.709) scored by P-Net, NMS per image and scale (0.5) then per image (0.7), box
+regression and squaring; R-Net on 24x24 crops (threshold 0.7, NMS 0.7); O-Net on 48x48 crops
+(threshold 0.7), landmarks, box regression and a final "Min"-overlap NMS (0.7). Inputs are RGB,
+normalised as ``(x - 127.5) / 128``; resampling is torch's "area" mode.
+
+Batching: every area resample (the pyramid levels and the face crops) is read from per-image
+integral images, so images of any size share one gather per scale / stage. Pyramid levels of
+similar size are padded onto a shared canvas; P-Net masks each image's padding after its first
+convolution so that every kept cell sees exactly what it would see unpadded, and cells outside
+an image's own output map are dropped. ``batched=False`` runs a plain per-image reference path
+(``F.interpolate`` per level and per crop) used to check the batched one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faceetl.backends.base import Detections, register_backend
+from faceetl.ops import batched_nms
+from faceetl.weights import fetch, load_state_dict, register_weights, weights_info
+
+log = logging.getLogger(__name__)
+
+_COMMIT = "787da06156087cd6b616fe6608213722bddc30cd"
+_SHA256 = {
+    "pnet": "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f",
+    "rnet": "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
+    "onet": "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
+}
+for _net, _sha in _SHA256.items():
+    register_weights(
+        f"mtcnn_{_net}",
+        f"https://raw.githubusercontent.com/timesler/facenet-pytorch/{_COMMIT}/data/{_net}.pt",
+        _sha,
+        filename=f"{_net}.pt",
+        description=f"facenet-pytorch MTCNN {_net.upper()} state dict (MIT)",
+    )
+
+
+class PNet(nn.Module):
+    """Proposal network (fully convolutional, 12x12 receptive field, stride 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
+        self.prelu1 = nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
+        self.prelu2 = nn.PReLU(16)
+        self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
+        self.prelu3 = nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
+        self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
+
+    def forward(
+        self, x: torch.Tensor, valid_hw: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(box regression (N,4,h,w), face probability (N,h,w)).
+
+        ``valid_hw`` (N, 2): each image's own height and width on a padded canvas; conv1
+        outputs that touch padding are set to -inf so the ceil-mode max-pool ignores them,
+        exactly as it ignores the missing border of an unpadded image.
+        """
+        x = self.prelu1(self.conv1(x))
+        if valid_hw is not None:
+            rows = torch.arange(x.shape[2], device=x.device)
+            cols = torch.arange(x.shape[3], device=x.device)
+            ok = (rows[None, :, None] < (valid_hw[:, 0, None, None] - 2)) & (
+                cols[None, None, :] < (valid_hw[:, 1, None, None] - 2)
+            )
+            x = x.masked_fill(~ok[:, None], float("-inf"))
+        x = self.pool1(x)
+        x = self.prelu2(self.conv2(x))
+        x = self.prelu3(self.conv3(x))
+        prob = torch.softmax(self.conv4_1(x), dim=1)[:, 1]
+        return self.conv4_2(x), prob
+
+
+class RNet(nn.Module):
+    """Refinement network on 24x24 crops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
+        self.prelu1 = nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
+        self.prelu2 = nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
+        self.prelu3 = nn.PReLU(64)
+        self.dense4 = nn.Linear(576, 128)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.dense5_2 = nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(box regression (N,4), face probability (N,))."""
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu3(self.conv3(x))
+        x = x.permute(0, 3, 2, 1).reshape(len(x), -1)  # the Caffe weights' (w, h, c) order
+        x = self.prelu4(self.dense4(x))
+        return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)[:, 1]
+
+
+class ONet(nn.Module):
+    """Output network on 48x48 crops: box regression, 5 landmarks, face probability."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
+        self.prelu1 = nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+        self.prelu2 = nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
+        self.prelu3 = nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5 = nn.Linear(1152, 256)
+        self.prelu5 = nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(box regression (N,4), landmarks (N,10) as x1..x5 y1..y5 in [0,1], probability (N,))."""
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x))
+        x = x.permute(0, 3, 2, 1).reshape(len(x), -1)
+        x = self.prelu5(self.dense5(x))
+        return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)[:, 1]
+
+
+# ---------------------------------------------------------------- box helpers (torch, (N, k))
+
+
+def _bbreg(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    """Apply R-/O-Net box regression (offsets in units of box size + 1)."""
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    return boxes + reg * torch.stack([w, h, w, h], dim=1)
+
+
+def _square(boxes: torch.Tensor) -> torch.Tensor:
+    """Boxes made square about their centre, side = the longer side."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = torch.maximum(w, h)
+    x1 = boxes[:, 0] + w * 0.5 - side * 0.5
+    y1 = boxes[:, 1] + h * 0.5 - side * 0.5
+    return torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
+
+
+def _crop_window(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Integer crop rows/cols [y0, y1) x [x0, x1) of each box, truncated and cut to its image.
+
+    ``sizes`` (N, 2) is each box's image (h, w). Boxes are in MTCNN's 1-based convention.
+    """
+    b = boxes.trunc().long()
+    x0 = b[:, 0].clamp(min=1) - 1
+    y0 = b[:, 1].clamp(min=1) - 1
+    x1 = torch.minimum(b[:, 2], sizes[:, 1])
+    y1 = torch.minimum(b[:, 3], sizes[:, 0])
+    return torch.stack([y0, y1, x0, x1], dim=1)
+
+
+def _nms_min(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float
+) -> torch.Tensor:
+    """Greedy NMS per group with overlap = intersection / smaller area (+1 pixel areas)."""
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    b = boxes[order].double()
+    g = groups[order]
+    area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    iw = (
+        torch.minimum(b[:, None, 2], b[None, :, 2])
+        - torch.maximum(b[:, None, 0], b[None, :, 0])
+        + 1
+    )
+    ih = (
+        torch.minimum(b[:, None, 3], b[None, :, 3])
+        - torch.maximum(b[:, None, 1], b[None, :, 1])
+        + 1
+    )
+    inter = iw.clamp(min=0) * ih.clamp(min=0)
+    over = (inter / torch.minimum(area[:, None], area[None, :]) > thr) & (g[:, None] == g[None, :])
+    over = over.cpu()
+    removed = torch.zeros(len(b), dtype=torch.bool)
+    keep = []
+    for i in range(len(b)):
+        if not removed[i]:
+            keep.append(i)
+            removed |= over[i]
+    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
+def _cells_to_boxes(
+    reg: torch.Tensor, prob: torch.Tensor, scale: float, thr: float, valid_hw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """P-Net output map -> candidate boxes (x1,y1,x2,y2,score,reg*4) and their batch index.
+
+    ``valid_hw`` (N, 2): the size of each image's own output map; cells beyond it are padding.
+    """
+    rows = torch.arange(prob.shape[1], device=prob.device)
+    cols = torch.arange(prob.shape[2], device=prob.device)
+    inside = (rows[None, :, None] < valid_hw[:, 0, None, None]) & (
+        cols[None, None, :] < valid_hw[:, 1, None, None]
+    )
+    mask = (prob >= thr) & inside
+    idx = mask.nonzero()
+    img, yx = idx[:, 0], idx[:, 1:]
+    xy = yx.flip(1).to(prob.dtype)
+    q1 = torch.floor((2 * xy + 1) / scale)
+    q2 = torch.floor((2 * xy + 12) / scale)
+    r = reg.permute(0, 2, 3, 1)[mask]
+    return torch.cat([q1, q2, prob[mask][:, None], r], dim=1), img
+
+
+def _pnet_output_size(hw: torch.Tensor) -> torch.Tensor:
+    """P-Net output map size for an input of size ``hw`` (conv3, ceil-pool 2, conv3, conv3)."""
+    return torch.div(hw - 2 + 1, 2, rounding_mode="floor") - 4
+
+
+# ------------------------------------------------------------- area resampling from integrals
+
+
+class _Integrals:
+    """Summed-area tables of a batch of images in one flat buffer, for exact area resampling.
+
+    torch's ``interpolate(mode="area")`` (adaptive average pooling) averages, for output pixel
+    ``a`` of ``n`` from an input of ``m``, the input rows ``floor(a*m/n)`` to
+    ``ceil((a+1)*m/n)``; integer sums of uint8 pixels from the tables give the same means.
+    """
+
+    def __init__(self, images: list[np.ndarray], device: torch.device) -> None:
+        big = any(im.shape[0] * im.shape[1] * 255 >= 2**31 for im in images)
+        parts, offsets, sizes = [], [], []
+        off = 0
+        for im in images:
+            im = np.ascontiguousarray(im)
+            if big:  # float64 sums of uint8 are exact far beyond int32's range
+                s = torch.from_numpy(cv2.integral(im, sdepth=cv2.CV_64F)).long()
+            else:
+                s = torch.from_numpy(cv2.integral(im, sdepth=cv2.CV_32S))
+            parts.append(s.reshape(-1, 3))  # (H+1, W+1, 3) with a zero first row and column
+            offsets.append(off)
+            sizes.append(im.shape[:2])
+            off += s.shape[0] * s.shape[1]
+        self.buf = torch.cat(parts).to(device)
+        self.offsets = torch.tensor(offsets, dtype=torch.long, device=device)
+        self.sizes = torch.tensor(sizes, dtype=torch.long, device=device).reshape(-1, 2)
+
+    def resample(
+        self,
+        img: torch.Tensor,
+        win: torch.Tensor,
+        out_hw: torch.Tensor,
+        canvas: tuple[int, int],
+    ) -> torch.Tensor:
+        """Area-resample windows ``win`` (N, 4: y0, y1, x0, x1) of images ``img`` (N,) to
+        ``out_hw`` (N, 2), written top-left on a ``canvas`` (h, w): float (N, 3, h, w), 0 outside.
+        """
+        dev = self.buf.device
+        ch, cw = canvas
+        a = torch.arange(ch, device=dev)
+        b = torch.arange(cw, device=dev)
+        in_h = (win[:, 1] - win[:, 0])[:, None]
+        in_w = (win[:, 3] - win[:, 2])[:, None]
+        oh, ow = out_hw[:, 0:1], out_hw[:, 1:2]
+        r0 = win[:, 0:1] + torch.div(a[None] * in_h, oh, rounding_mode="floor")
+        r1 = win[:, 0:1] + torch.div((a[None] + 1) * in_h + oh - 1, oh, rounding_mode="floor")
+        c0 = win[:, 2:3] + torch.div(b[None] * in_w, ow, rounding_mode="floor")
+        c1 = win[:, 2:3] + torch.div((b[None] + 1) * in_w + ow - 1, ow, rounding_mode="floor")
+        hmax = self.sizes[img, 0:1]
+        wmax = self.sizes[img, 1:2]
+        r0, r1 = r0.clamp(max=hmax), r1.clamp(max=hmax)
+        c0, c1 = c0.clamp(max=wmax), c1.clamp(max=wmax)
+        stride = (wmax + 1)[:, :, None]
+        base = self.offsets[img][:, None, None]
+
+        def at(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return self.buf[base + r[:, :, None] * stride + c[:, None, :]]
+
+        total = at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)  # (N, ch, cw, 3)
+        count = ((r1 - r0)[:, :, None] * (c1 - c0)[:, None, :]).clamp(min=1)
+        out = total.float() / count[..., None].float()
+        inside = (a[None, :, None] < oh[:, :, None]) & (b[None, None, :] < ow[:, :, None])
+        out = out * inside[..., None]
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> float (1, 3, H, W) on ``device``."""
+    t = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).to(device)
+    return t.permute(2, 0, 1)[None].float()
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return (x - 127.5) * 0.0078125
+
+
+def _group_by_size(sizes: list[tuple[int, int]], slack: float = 1.5) -> list[list[int]]:
+    """Indices grouped so that padding each group to its largest size wastes at most ``slack``."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1])
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    mh = mw = area = 0
+    for i in order:
+        h, w = sizes[i]
+        nh, nw = max(mh, h), max(mw, w)
+        if cur and nh * nw * (len(cur) + 1) > slack * (area + h * w):
+            groups.append(cur)
+            cur, mh, mw, area = [], 0, 0, 0
+            nh, nw = h, w
+        cur.append(i)
+        mh, mw, area = nh, nw, area + h * w
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+@register_backend("mtcnn", workers=4, gpu=True)
+class MTCNNDetector:
+    """MTCNN face detector with facenet-pytorch's weights; boxes, O-Net scores, 5 landmarks."""
+
+    name = "mtcnn"
+
+    def __init__(
+        self,
+        *,
+        min_face_size: int = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        nms_thresholds: tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7),
+        device: str | None = None,
+        batched: bool = True,
+        crop_batch: int = 512,
+    ) -> None:
+        self.min_face_size = int(min_face_size)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.factor = float(factor)
+        self.nms_thresholds = tuple(float(t) for t in nms_thresholds)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.batched = bool(batched)
+        self.crop_batch = int(crop_batch)
+        self._paths = {n: _weight_path(n) for n in ("pnet", "rnet", "onet")}
+        self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        for n, net in (("pnet", self.pnet), ("rnet", self.rnet), ("onet", self.onet)):
+            net.load_state_dict(load_state_dict(self._paths[n]), strict=True)
+            net.to(self.device).eval()
+
+    # ------------------------------------------------------------------ public API
+
+    def provenance(self) -> dict[str, Any]:
+        """Parameters and the sha256 of the three weight files."""
+        return {
+            "backend": self.name,
+            "min_face_size": self.min_face_size,
+            "thresholds": list(self.thresholds),
+            "factor": self.factor,
+            "nms_thresholds": list(self.nms_thresholds),
+            "device": str(self.device),
+            "batched": self.batched,
+            "weights": {
+                f"{n}.pt": weights_info(f"mtcnn_{n}").sha256 for n in ("pnet", "rnet", "onet")
+            },
+        }
+
+    @torch.inference_mode()
+    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """One :class:`Detections` per RGB uint8 image, in order."""
+        if not images:
+            return []
+        for im in images:
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise ValueError(f"expected RGB uint8 (H, W, 3), got {im.dtype} {im.shape}")
+        if self.batched:
+            raw = self._detect_batched(images)
+        else:
+            raw = [self._detect_reference(im) for im in images]
+        out = []
+        for im, (boxes, scores, points) in zip(images, raw, strict=True):
+            d = Detections(boxes, scores, points)
+            out.append(d.clip(im.shape[1], im.shape[0]))
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _scales(self, h: int, w: int) -> list[float]:
+        scale = 12.0 / self.min_face_size
+        minl = min(h, w) * scale
+        scales = []
+        while minl >= 12:
+            scales.append(scale)
+            scale *= self.factor
+            minl *= self.factor
+        return scales
+
+    def _run_crops(
+        self,
+        net: nn.Module,
+        img: torch.Tensor,
+        win: torch.Tensor,
+        size: int,
+        crops_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
+        """``net`` on the ``size`` x ``size`` crops of windows ``win``, ``crop_batch`` at a time."""
+        outs = []
+        for i in range(0, len(img), self.crop_batch):
+            sl = slice(i, i + self.crop_batch)
+            outs.append(net(_normalise(crops_fn(img[sl], win[sl], size))))
+        return tuple(torch.cat(v) for v in zip(*outs, strict=True))
+
+    def _refine(
+        self,
+        boxes: torch.Tensor,
+        img: torch.Tensor,
+        sizes: torch.Tensor,
+        crops_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stages 2 and 3 on stage-1 boxes (x1,y1,x2,y2,score,reg*4) of images ``img``.
+
+        ``crops_fn(img, windows, size)`` gives the area-resampled crops; returns the final
+        boxes, O-Net scores, landmarks (N, 5, 2) and image indices.
+        """
+        t_r, t_o = self.thresholds[1], self.thresholds[2]
+        nms_img, nms_r, nms_o = self.nms_thresholds[1:]
+        dev = self.device
+        empty = (
+            torch.zeros(0, 4, device=dev),
+            torch.zeros(0, device=dev),
+            torch.zeros(0, 5, 2, device=dev),
+            torch.zeros(0, dtype=torch.long, device=dev),
+        )
+        if len(boxes) == 0:
+            return empty
+        keep = _nms(boxes[:, :4], boxes[:, 4], img, nms_img)
+        boxes, img = boxes[keep], img[keep]
+        w = boxes[:, 2] - boxes[:, 0]
+        h = boxes[:, 3] - boxes[:, 1]
+        b = boxes[:, :4] + boxes[:, 5:9] * torch.stack([w, h, w, h], dim=1)
+        b = _square(b)
+
+        # R-Net
+        win = _crop_window(b, sizes[img])
+        ok = (win[:, 1] > win[:, 0]) & (win[:, 3] > win[:, 2])
+        b, img, win = b[ok], img[ok], win[ok]
+        if len(b) == 0:
+            return empty
+        reg, prob = self._run_crops(self.rnet, img, win, 24, crops_fn)
+        ok = prob > t_r
+        b, img, reg, prob = b[ok], img[ok], reg[ok], prob[ok]
+        if len(b) == 0:
+            return empty
+        keep = _nms(b, prob, img, nms_r)
+        b, img, reg, prob = b[keep], img[keep], reg[keep], prob[keep]
+        b = _square(_bbreg(b, reg))
+
+        # O-Net
+        win = _crop_window(b, sizes[img])
+        ok = (win[:, 1] > win[:, 0]) & (win[:, 3] > win[:, 2])
+        b, img, win = b[ok], img[ok], win[ok]
+        if len(b) == 0:
+            return empty
+        reg, pts, prob = self._run_crops(self.onet, img, win, 48, crops_fn)
+        ok = prob > t_o
+        b, img, reg, pts, prob = b[ok], img[ok], reg[ok], pts[ok], prob[ok]
+        if len(b) == 0:
+            return empty
+        bw = (b[:, 2] - b[:, 0] + 1)[:, None]
+        bh = (b[:, 3] - b[:, 1] + 1)[:, None]
+        px = bw * pts[:, :5] + b[:, 0:1] - 1
+        py = bh * pts[:, 5:] + b[:, 1:2] - 1
+        points = torch.stack([px, py], dim=2)  # (N, 5, 2): eyes, nose, mouth corners
+        b = _bbreg(b, reg)
+        keep = _nms_min(b, prob, img, nms_o)
+        return b[keep], prob[keep], points[keep], img[keep]
+
+    def _detect_batched(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+        """The whole cascade for a batch of images of any sizes at once."""
+        dev = self.device
+        tensors = [_to_tensor(im, dev) for im in images]
+        sizes = torch.tensor([im.shape[:2] for im in images], dtype=torch.long, device=dev)
+        scales_per = [self._scales(im.shape[0], im.shape[1]) for im in images]
+        n_levels = max((len(s) for s in scales_per), default=0)
+        cand, cand_img, cand_grp = [], [], []
+        for k in range(n_levels):
+            members = [i for i, s in enumerate(scales_per) if len(s) > k]
+            scale = scales_per[members[0]][k]
+            lvl = {
+                i: (int(images[i].shape[0] * scale + 1), int(images[i].shape[1] * scale + 1))
+                for i in members
+            }
+            for grp in _group_by_size([lvl[i] for i in members]):
+                idx = [members[j] for j in grp]
+                hw = torch.tensor([lvl[i] for i in idx], dtype=torch.long, device=dev)
+                canvas = (int(hw[:, 0].max()), int(hw[:, 1].max()))
+                img = torch.tensor(idx, dtype=torch.long, device=dev)
+                x = torch.zeros(len(idx), 3, *canvas, device=dev)
+                for j, i in enumerate(idx):
+                    hs, ws = lvl[i]
+                    x[j, :, :hs, :ws] = F.interpolate(tensors[i], size=(hs, ws), mode="area")[0]
+                x = _normalise(x)
+                reg, prob = self.pnet(x, valid_hw=hw)
+                bx, bi = _cells_to_boxes(
+                    reg, prob, scale, self.thresholds[0], _pnet_output_size(hw)
+                )
+                cand.append(bx)
+                cand_img.append(img[bi])
+                cand_grp.append(img[bi] * n_levels + k)
+        boxes = torch.cat(cand) if cand else torch.zeros(0, 9, device=dev)
+        img = torch.cat(cand_img) if cand else torch.zeros(0, dtype=torch.long, device=dev)
+        grp = torch.cat(cand_grp) if cand else torch.zeros(0, dtype=torch.long, device=dev)
+        if len(boxes):
+            keep = _nms(boxes[:, :4], boxes[:, 4], grp, self.nms_thresholds[0])
+            boxes, img = boxes[keep], img[keep]
+
+        integ = _Integrals(images, dev)
+
+        def crops(ci: torch.Tensor, cw: torch.Tensor, size: int) -> torch.Tensor:
+            out = torch.full((len(ci), 2), size, dtype=torch.long, device=dev)
+            return integ.resample(ci, cw, out, (size, size))
+
+        b, s, p, bi = self._refine(boxes, img, sizes, crops)
+        return _split(b, s, p, bi, len(images))
+
+    def _detect_reference(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Plain per-image cascade: ``F.interpolate(mode="area")`` per level and per crop."""
+        dev = self.device
+        t = _to_tensor(image, dev)
+        h, w = image.shape[:2]
+        sizes = torch.tensor([[h, w]], dtype=torch.long, device=dev)
+        cand = []
+        for scale in self._scales(h, w):
+            hs, ws = int(h * scale + 1), int(w * scale + 1)
+            x = _normalise(F.interpolate(t, size=(hs, ws), mode="area"))
+            reg, prob = self.pnet(x)
+            out_hw = torch.tensor([[prob.shape[1], prob.shape[2]]], device=dev)
+            bx, _ = _cells_to_boxes(reg, prob, scale, self.thresholds[0], out_hw)
+            zeros = torch.zeros(len(bx), dtype=torch.long, device=dev)
+            keep = _nms(bx[:, :4], bx[:, 4], zeros, self.nms_thresholds[0])
+            cand.append(bx[keep])
+        boxes = torch.cat(cand) if cand else torch.zeros(0, 9, device=dev)
+        img = torch.zeros(len(boxes), dtype=torch.long, device=dev)
+
+        def crops(ci: torch.Tensor, cw: torch.Tensor, size: int) -> torch.Tensor:
+            out = [
+                F.interpolate(t[:, :, y0:y1, x0:x1], size=(size, size), mode="area")
+                for y0, y1, x0, x1 in cw.tolist()
+            ]
+            return torch.cat(out)
+
+        b, s, p, bi = self._refine(boxes, img, sizes, crops)
+        return _split(b, s, p, bi, 1)[0]
+
+
+def _nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    thr: float,
+    chunk: int = 2048,
+) -> torch.Tensor:
+    """:func:`faceetl.ops.batched_nms`, called on packs of whole groups of at most ``chunk``
+    boxes (one group may be larger) so that a pairwise-matrix fallback stays small."""
+    if len(boxes) <= chunk:
+        return batched_nms(boxes, scores, groups, thr)
+    uniq, counts = torch.unique(groups, return_counts=True)
+    keep, pack, n = [], [], 0
+    for g, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+        if pack and n + c > chunk:
+            keep.append(_nms_pack(boxes, scores, groups, thr, pack))
+            pack, n = [], 0
+        pack.append(g)
+        n += c
+    if pack:
+        keep.append(_nms_pack(boxes, scores, groups, thr, pack))
+    keep = torch.cat(keep)
+    return keep[torch.argsort(scores[keep], descending=True, stable=True)]
+
+
+def _nms_pack(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float, pack: list[int]
+) -> torch.Tensor:
+    idx = torch.isin(groups, torch.tensor(pack, device=groups.device)).nonzero()[:, 0]
+    return idx[batched_nms(boxes[idx], scores[idx], groups[idx], thr)]
+
+
+def _split(
+    boxes: torch.Tensor, scores: torch.Tensor, points: torch.Tensor, img: torch.Tensor, n: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-image numpy (boxes, scores, landmarks), faces in decreasing score."""
+    boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
+    points, img = points.float().cpu().numpy(), img.cpu().numpy()
+    out = []
+    for i in range(n):
+        sel = np.nonzero(img == i)[0]
+        sel = sel[np.argsort(-scores[sel], kind="stable")]
+        out.append((boxes[sel], scores[sel], points[sel]))
+    return out
+
+
+def _weight_path(net: str) -> Path:
+    """The verified weight file: a facenet_pytorch package copy if installed, else the cache."""
+    name = f"mtcnn_{net}"
+    want = weights_info(name).sha256
+    try:
+        spec = importlib.util.find_spec("facenet_pytorch")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            p = Path(loc) / "data" / f"{net}.pt"
+            if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() == want:
+                log.debug("using %s from the installed facenet_pytorch", p)
+                return p
+    return fetch(name)  # raises WeightsError (file, URL, folder) when it cannot be had
+
+
+__all__ = ["MTCNNDetector", "PNet", "RNet", "ONet"]
