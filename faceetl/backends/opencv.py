@@ -1,0 +1,239 @@
+"""OpenCV Haar cascades: a frontal-face cascade for boxes, the eye cascade for eye centres.
+
+No weight files to fetch: the cascades ship inside opencv-python (``cv2.data.haarcascades``);
+their sha256 is recorded in :meth:`OpenCVDetector.provenance` all the same.
+
+Scores: ``detectMultiScale3(outputRejectLevels=True)`` gives, for each grouped face, the sum
+of the weak classifiers of the cascade's last stage. A window is a face when that sum reaches
+the stage threshold, so ``margin = weight - last_stage_threshold >= 0`` and the score is
+``1 - exp(-margin / SCORE_SCALE)``: monotonic in the weight, 0 at the threshold, toward 1 for
+confident windows (on the shared photos margins run from about 0.3 to 4.5, scores 0.15-0.9).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from faceetl.backends.base import N_LANDMARKS, Detections, register_backend
+
+log = logging.getLogger(__name__)
+
+#: the score scale of the level-weight margin (see the module docstring)
+SCORE_SCALE = 2.0
+#: face cascades one can pick (file ``haarcascade_frontalface_<name>.xml``)
+FACE_CASCADES = ("alt", "alt2", "default", "alt_tree")
+EYE_CASCADE = "haarcascade_eye.xml"
+#: face ROIs are resized to this width before the eye search (eyes then ~25-45 px wide)
+_EYE_ROI_WIDTH = 160
+
+
+def cascade_path(filename: str) -> Path:
+    """Path of a cascade file shipped with opencv-python."""
+    p = Path(cv2.data.haarcascades) / filename
+    if not p.is_file():
+        raise FileNotFoundError(f"OpenCV cascade {filename} not found in {p.parent}")
+    return p
+
+
+@functools.cache
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cascade_sha256(filename: str) -> str:
+    """sha256 of a cascade file shipped with opencv-python (for provenance)."""
+    return _file_sha256(str(cascade_path(filename)))
+
+
+@functools.cache
+def _eye_cascade() -> cv2.CascadeClassifier:
+    cc = cv2.CascadeClassifier(str(cascade_path(EYE_CASCADE)))
+    if cc.empty():
+        raise RuntimeError(f"could not load {EYE_CASCADE}")
+    return cc
+
+
+def _last_stage_threshold(path: Path) -> float:
+    """The last stage's threshold of a (new-format) Haar cascade XML."""
+    fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+    try:
+        stages = fs.getFirstTopLevelNode().getNode("stages")
+        return float(stages.at(stages.size() - 1).getNode("stageThreshold").real())
+    finally:
+        fs.release()
+
+
+def find_eyes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Eye centres of each face box with the Haar eye cascade: (N, 5, 2), eyes filled, rest NaN.
+
+    ``gray`` is the uint8 grayscale image, ``boxes`` (N, 4) x1 y1 x2 y2 in its pixels. The
+    upper part of each box is resized to a fixed width (no equalisation: it hurt on the shared
+    photos) and searched. Of the pairs of eye detections, one on each side of the box's
+    vertical centre line, that look like two eyes (20-75% of the box width apart, nearly
+    level, similar size), the pair of best eyes (most neighbours, then largest) wins. A face keeps NaN eyes unless both are found; the eye with the smaller x
+    comes first (ArcFace order as seen in the image).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    out = np.full((len(boxes), N_LANDMARKS, 2), np.nan, np.float32)
+    if len(boxes) == 0:
+        return out
+    if gray.ndim != 2:
+        raise ValueError(f"find_eyes wants a 2-D grayscale image, got shape {gray.shape}")
+    cc = _eye_cascade()
+    h_img, w_img = gray.shape
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        bw, bh = x2 - x1, y2 - y1
+        if bw < 8 or bh < 8:
+            continue
+        # eyes lie in the upper ~60% of a face box, below the forehead
+        rx1, rx2 = int(max(0, np.floor(x1))), int(min(w_img, np.ceil(x2)))
+        ry1, ry2 = int(max(0, np.floor(y1 + 0.12 * bh))), int(min(h_img, np.ceil(y1 + 0.62 * bh)))
+        if rx2 - rx1 < 8 or ry2 - ry1 < 4:
+            continue
+        roi = gray[ry1:ry2, rx1:rx2]
+        s = _EYE_ROI_WIDTH / roi.shape[1]
+        roi = cv2.resize(
+            roi, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        )
+        fw = bw * s  # face width in ROI pixels
+        min_eye = max(12, int(0.12 * fw))
+        max_eye = max(min_eye + 1, int(0.45 * fw))
+        rects, neighbours = cc.detectMultiScale2(
+            roi,
+            scaleFactor=1.05,
+            minNeighbors=2,
+            minSize=(min_eye, min_eye),
+            maxSize=(max_eye, max_eye),
+        )
+        if len(rects) < 2:
+            continue
+        rects = np.asarray(rects, np.float64).reshape(-1, 4)
+        neighbours = np.asarray(neighbours, np.float64).reshape(-1)
+        cx = rects[:, 0] + rects[:, 2] / 2
+        cy = rects[:, 1] + rects[:, 3] / 2
+        mid = (x1 + bw / 2 - rx1) * s
+        rank = neighbours * 1e4 + rects[:, 2]  # most neighbours, then largest
+        left, right = np.flatnonzero(cx < mid), np.flatnonzero(cx >= mid)
+        if len(left) == 0 or len(right) == 0:
+            continue
+        # pairs that look like two eyes of one face: apart by 20-75% of the face width,
+        # nearly level, of similar size; the pair of best-ranked eyes wins
+        li, ri = np.meshgrid(left, right, indexing="ij")
+        li, ri = li.ravel(), ri.ravel()
+        dx, dy = cx[ri] - cx[li], np.abs(cy[ri] - cy[li])
+        size = rects[li, 2] / rects[ri, 2]
+        ok = (dx > 0.2 * fw) & (dx < 0.75 * fw) & (dy < 0.5 * dx) & (size < 2.0) & (size > 0.5)
+        if not ok.any():
+            continue
+        best = np.flatnonzero(ok)[np.argmax((rank[li] + rank[ri])[ok])]
+        sides = [li[best], ri[best]]
+        pts = np.stack([cx[sides] / s + rx1, cy[sides] / s + ry1], axis=1)
+        pts = pts[np.argsort(pts[:, 0])]
+        out[i, 0:2] = pts
+    return out
+
+
+@register_backend("opencv", workers=10, gpu=False)
+class OpenCVDetector:
+    """Haar frontal-face cascade (boxes, scores) + eye cascade (eye centres).
+
+    ``max_side``: images whose longer side exceeds it are shrunk for the face search (speed;
+    ``min_size`` is then in shrunk pixels); boxes come back in input pixels and the eye search
+    runs on the full-resolution image. ``None`` searches at full resolution.
+    """
+
+    name = "opencv"
+
+    def __init__(
+        self,
+        *,
+        cascade: str = "alt",
+        scale_factor: float = 1.1,
+        min_neighbors: int = 3,
+        min_size: int = 20,
+        equalize: bool = True,
+        max_side: int | None = 1280,
+        eyes: bool = True,
+    ) -> None:
+        if cascade not in FACE_CASCADES:
+            raise ValueError(f"cascade must be one of {FACE_CASCADES}, got {cascade!r}")
+        if scale_factor <= 1.0:
+            raise ValueError("scale_factor must be > 1")
+        self.cascade = cascade
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = int(min_neighbors)
+        self.min_size = int(min_size)
+        self.equalize = bool(equalize)
+        self.max_side = None if max_side is None else int(max_side)
+        self.eyes = bool(eyes)
+        self._face_path = cascade_path(f"haarcascade_frontalface_{cascade}.xml")
+        self._face = cv2.CascadeClassifier(str(self._face_path))
+        if self._face.empty():
+            raise RuntimeError(f"could not load {self._face_path}")
+        self._threshold = _last_stage_threshold(self._face_path)
+        if self.eyes:
+            _eye_cascade()
+
+    @staticmethod
+    def _gray(image: np.ndarray) -> np.ndarray:
+        image = np.asarray(image)
+        if image.ndim == 2:
+            return image
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Faces of one RGB uint8 image."""
+        h, w = image.shape[:2]
+        gray = self._gray(image)
+        small = gray
+        scale = 1.0
+        if self.max_side is not None and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        rects, _levels, weights = self._face.detectMultiScale3(
+            cv2.equalizeHist(small) if self.equalize else small,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size),
+            outputRejectLevels=True,
+        )
+        if len(rects) == 0:
+            return Detections.empty()
+        r = np.asarray(rects, np.float32).reshape(-1, 4) / scale
+        boxes = np.concatenate([r[:, :2], r[:, :2] + r[:, 2:]], axis=1)
+        margin = np.asarray(weights, np.float64).reshape(-1) - self._threshold
+        scores = 1.0 - np.exp(-np.clip(margin, 0, None) / SCORE_SCALE)
+        order = np.argsort(-scores, kind="stable")
+        boxes, scores = boxes[order], scores[order]
+        lms = find_eyes(gray, boxes) if self.eyes else None
+        return Detections(boxes, scores, lms).clip(w, h)
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """One :class:`Detections` per RGB uint8 image, in order."""
+        return [self.detect(im) for im in images]
+
+    def provenance(self) -> dict[str, Any]:
+        """Parameters, OpenCV version and the sha256 of the cascade files used."""
+        weights = {self._face_path.name: _file_sha256(str(self._face_path))}
+        if self.eyes:
+            weights[EYE_CASCADE] = cascade_sha256(EYE_CASCADE)
+        return {
+            "backend": self.name,
+            "cascade": self.cascade,
+            "scale_factor": self.scale_factor,
+            "min_neighbors": self.min_neighbors,
+            "min_size": self.min_size,
+            "equalize": self.equalize,
+            "max_side": self.max_side,
+            "eyes": self.eyes,
+            "score": f"1-exp(-(last_stage_weight-{self._threshold:.4f})/{SCORE_SCALE})",
+            "opencv": cv2.__version__,
+            "weights_sha256": weights,
+        }

@@ -1,0 +1,178 @@
+"""OpenCV DNN "res10" SSD face detector (ResNet-10 SSD, 300x300 input) + Haar eye centres.
+
+Two copies of the same network: the TensorFlow uint8-quantised graph (default,
+``model="tensorflow"``) and the original Caffe model (``model="caffe"``). Images go in as
+BGR, resized to 300x300, mean (104, 177, 123) subtracted, as in OpenCV's samples. The
+model's confidence is the score. Eyes come from :func:`faceetl.backends.opencv.find_eyes`
+inside each box; nose and mouth are NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+
+from faceetl.backends.base import Detections, register_backend
+from faceetl.backends.opencv import EYE_CASCADE, cascade_sha256, find_eyes
+from faceetl.weights import fetch, register_weights, weights_info
+
+log = logging.getLogger(__name__)
+
+INPUT_SIZE = 300
+MEAN_BGR = (104.0, 177.0, 123.0)
+
+register_weights(
+    "ssd_tf_uint8",
+    "https://raw.githubusercontent.com/opencv/opencv_3rdparty/"
+    "7b425df276ba2161b8edaab0f0756f4a735d61b9/opencv_face_detector_uint8.pb",
+    "5c71d752ef2cbf2f457ac82fdd580fcb2522fd04c5efdaed18eb6d9e2843fbed",
+    "opencv_face_detector_uint8.pb",
+    "OpenCV res10 SSD face detector, TensorFlow uint8 graph",
+)
+register_weights(
+    "ssd_tf_pbtxt",
+    "https://raw.githubusercontent.com/supby/faced_test/"
+    "63154424b9e5bd7e5dcbafd9079c4e298028d39f/opencv_face_detector.pbtxt",
+    "5397808362fc6fb7c4044484848e297b22449d913a267fa7f8bd9d86dce29144",
+    "opencv_face_detector.pbtxt",
+    "Text graph for opencv_face_detector_uint8.pb (a revision of OpenCV's sample file)",
+)
+register_weights(
+    "ssd_caffe_prototxt",
+    "https://raw.githubusercontent.com/opencv/opencv/4.0.1/samples/dnn/face_detector/deploy.prototxt",
+    "f62621cac923d6f37bd669298c428bb7ee72233b5f8c3389bb893e35ebbcf795",
+    "deploy.prototxt",
+    "OpenCV res10 SSD Caffe deploy prototxt",
+)
+register_weights(
+    "ssd_caffe_model",
+    "https://raw.githubusercontent.com/opencv/opencv_3rdparty/"
+    "dnn_samples_face_detector_20170830/res10_300x300_ssd_iter_140000.caffemodel",
+    # the hash pinned by several independent public projects for this official file (10,666,211 bytes)
+    "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d",
+    "res10_300x300_ssd_iter_140000.caffemodel",
+    "OpenCV res10 SSD face detector, Caffe fp32 weights",
+)
+
+#: model name -> (weights of the network, weights of the graph/config)
+MODELS = {
+    "tensorflow": ("ssd_tf_uint8", "ssd_tf_pbtxt"),
+    "caffe": ("ssd_caffe_model", "ssd_caffe_prototxt"),
+}
+
+
+@register_backend("ssd", workers=4, gpu=False)
+class SSDDetector:
+    """OpenCV DNN res10 SSD: boxes and confidences, Haar-cascade eye centres.
+
+    ``confidence``: the least model confidence kept. ``min_inside``: the least fraction of a
+    raw box's area inside the image (filters the model's spurious boxes on tight crops).
+    ``min_box``: the least width and height in pixels after clipping.
+    """
+
+    name = "ssd"
+
+    def __init__(
+        self,
+        *,
+        model: str = "tensorflow",
+        confidence: float = 0.5,
+        eyes: bool = True,
+        min_box: float = 4.0,
+        min_inside: float = 0.75,
+    ) -> None:
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
+        if not 0.0 <= confidence <= 1.0:
+            raise ValueError("confidence must be in [0, 1]")
+        self.model = model
+        self.confidence = float(confidence)
+        self.eyes = bool(eyes)
+        self.min_box = float(min_box)
+        self.min_inside = float(min_inside)
+        net_name, cfg_name = MODELS[model]
+        self._weights = {n: weights_info(n) for n in (net_name, cfg_name)}
+        net_path, cfg_path = fetch(net_name), fetch(cfg_name)
+        if model == "tensorflow":
+            self._net = cv2.dnn.readNetFromTensorflow(str(net_path), str(cfg_path))
+        else:
+            self._net = cv2.dnn.readNetFromCaffe(str(cfg_path), str(net_path))
+        self._net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        self._net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        # OpenCV 4.14 fails on a batch of more than one image with the TF graph (a shape
+        # error inside a Scale layer); then each image of the blob is run on its own
+        self._batched = True
+
+    def _forward(self, blob: np.ndarray) -> np.ndarray:
+        """Raw detections (K, 7): image index, class, confidence, x1, y1, x2, y2 (normalised)."""
+        if self._batched and len(blob) > 1:
+            try:
+                self._net.setInput(blob)
+                return self._net.forward().reshape(-1, 7)
+            except cv2.error as e:
+                log.info("batched forward failed (%s); running images one at a time", e.err)
+                self._batched = False
+        outs = []
+        for i in range(len(blob)):
+            self._net.setInput(blob[i : i + 1])
+            o = self._net.forward().reshape(-1, 7).copy()
+            o[:, 0] = i
+            outs.append(o)
+        return np.concatenate(outs) if outs else np.zeros((0, 7), np.float32)
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """One :class:`Detections` per RGB uint8 image, in order."""
+        if not images:
+            return []
+        bgr = [cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2BGR) for im in images]
+        blob = cv2.dnn.blobFromImages(
+            bgr, 1.0, (INPUT_SIZE, INPUT_SIZE), MEAN_BGR, swapRB=False, crop=False
+        )
+        raw = self._forward(blob)
+        raw = raw[np.isfinite(raw).all(axis=1) & (raw[:, 2] >= self.confidence)]
+        out = []
+        for i, im in enumerate(images):
+            h, w = im.shape[:2]
+            r = raw[raw[:, 0] == i]
+            # on tight crops (e.g. aligned faces) the model emits confident boxes lying partly
+            # or wholly outside [0, 1]; on whole photos real faces lie >= 98% inside. Drop
+            # boxes with less than min_inside of their area inside the image, clip the rest,
+            # and drop those left narrower or shorter than min_box pixels.
+            raw_b = r[:, 3:7].astype(np.float64)
+            area = (raw_b[:, 2] - raw_b[:, 0]) * (raw_b[:, 3] - raw_b[:, 1])
+            c = np.clip(raw_b, 0.0, 1.0)
+            inside = (c[:, 2] - c[:, 0]).clip(0) * (c[:, 3] - c[:, 1]).clip(0)
+            ok_area = (area > 0) & (inside >= self.min_inside * np.maximum(area, 1e-12))
+            b = c * [w, h, w, h]
+            keep = (
+                ok_area & (b[:, 2] - b[:, 0] >= self.min_box) & (b[:, 3] - b[:, 1] >= self.min_box)
+            )
+            b, s = b[keep], np.clip(r[keep, 2], 0.0, 1.0)
+            order = np.argsort(-s, kind="stable")
+            b, s = b[order], s[order]
+            lms = None
+            if self.eyes and len(b):
+                lms = find_eyes(cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY), b)
+            out.append(Detections(b, s, lms).clip(w, h))
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        """Parameters, OpenCV version and the sha256 of the weight files used."""
+        weights = {wf.filename: wf.sha256 for wf in self._weights.values()}
+        if self.eyes:
+            weights[EYE_CASCADE] = cascade_sha256(EYE_CASCADE)
+        return {
+            "backend": self.name,
+            "model": self.model,
+            "confidence": self.confidence,
+            "min_box": self.min_box,
+            "min_inside": self.min_inside,
+            "eyes": self.eyes,
+            "input_size": INPUT_SIZE,
+            "mean_bgr": list(MEAN_BGR),
+            "opencv": cv2.__version__,
+            "weights_sha256": weights,
+        }

@@ -1,0 +1,123 @@
+"""The ``ssd`` backend (OpenCV DNN res10 SSD) on the real shared photos."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES, dlib_pascal_boxes, load_rgb, recall
+from faceetl.backends.base import Detections, default_workers, get_backend
+from faceetl.weights import WeightsError, fetch, sha256sum
+
+
+@pytest.fixture(scope="module")
+def det():
+    return get_backend("ssd")
+
+
+@pytest.fixture(scope="module")
+def groups(det) -> dict[str, tuple[np.ndarray, Detections]]:
+    names = ["facenet_multiface.jpg", "insightface_t1.jpg"]
+    imgs = [load_rgb(IMAGES / "group" / n) for n in names]
+    return dict(zip(names, zip(imgs, det.detect_batch(imgs), strict=True), strict=True))
+
+
+def test_registered_with_workers():
+    assert default_workers("ssd") == 4
+    assert get_backend("ssd") is get_backend("ssd")
+
+
+def test_dlib_pascal_recall(det):
+    gt = dlib_pascal_boxes()
+    names = sorted(gt)
+    res = det.detect_batch([load_rgb(IMAGES / "dlib_pascal" / n) for n in names])
+    hit = sum(recall(r.boxes, gt[n]) * len(gt[n]) for n, r in zip(names, res, strict=True))
+    total = sum(len(gt[n]) for n in names)
+    # measured: 17/18 = 0.94 at IoU 0.5
+    assert hit / total >= 0.85
+
+
+def test_group_photo_counts(groups):
+    for _name, (_img, d) in groups.items():
+        assert len(d) == 6
+        assert (d.scores >= 0.5).all() and (d.scores <= 1).all()
+        assert (np.diff(d.scores) <= 0).all()
+
+
+def test_eyes_inside_box_and_ordered(groups):
+    found_total = 0
+    for _img, d in groups.values():
+        eyes = d.landmarks[:, :2]
+        found = ~np.isnan(eyes).any(axis=(1, 2))
+        found_total += found.sum()
+        for box, e in zip(d.boxes[found], eyes[found], strict=True):
+            assert e[0, 0] < e[1, 0]
+            assert (e[:, 0] >= box[0]).all() and (e[:, 0] <= box[2]).all()
+            assert (e[:, 1] >= box[1]).all() and (e[:, 1] <= box[3]).all()
+        assert np.isnan(d.landmarks[:, 2:]).all()
+    assert found_total >= 7  # measured: 8 of 12 faces (6 + 2; turned faces give no eye pair)
+
+
+def test_aligned_crops_boxes_inside_image(det):
+    paths = sorted((IMAGES / "aligned").iterdir())
+    imgs = [load_rgb(p) for p in paths]
+    res = det.detect_batch(imgs)
+    assert len(res) == len(imgs)
+    for img, r in zip(imgs, res, strict=True):
+        h, w = img.shape[:2]
+        assert (
+            (r.boxes[:, :2] >= 0).all()
+            and (r.boxes[:, 2] <= w).all()
+            and (r.boxes[:, 3] <= h).all()
+        )
+        assert (r.boxes[:, 2] - r.boxes[:, 0] >= 4).all() and (
+            r.boxes[:, 3] - r.boxes[:, 1] >= 4
+        ).all()
+        # the spurious boxes hanging off the crop are gone: what is left covers the face centre
+        for b in r.boxes:
+            assert b[0] < w / 2 < b[2] and b[1] < h / 2 < b[3]
+
+
+def test_black_image_and_mixed_batch_in_order(det):
+    black = np.zeros((240, 320, 3), np.uint8)
+    takeo = load_rgb(IMAGES / "landmarks" / "takeo.ppm")
+    obama = load_rgb(IMAGES / "single" / "fr_obama_small.jpg")
+    couple = load_rgb(IMAGES / "group" / "fr_two_people.jpg")
+    batch = [takeo, black, couple, obama]
+    res = det.detect_batch(batch)
+    assert [len(r) for r in res] == [1, 0, 2, 1]
+    for img, r in zip(batch, res, strict=True):
+        one = det.detect_batch([img])[0]
+        np.testing.assert_allclose(one.boxes, r.boxes, atol=1e-3)
+        np.testing.assert_allclose(one.scores, r.scores, atol=1e-5)
+    assert det.detect_batch([]) == []
+
+
+def test_confidence_threshold(groups):
+    img, d = groups["insightface_t1.jpg"]
+    strict = get_backend("ssd", confidence=0.95).detect_batch([img])[0]
+    assert len(strict) == int((d.scores >= 0.95).sum())
+    assert len(strict) < len(d)
+
+
+def test_provenance_has_weight_hashes(det):
+    prov = det.provenance()
+    json.dumps(prov)
+    shas = prov["weights_sha256"]
+    assert shas["opencv_face_detector_uint8.pb"] == sha256sum(fetch("ssd_tf_uint8"))
+    assert shas["opencv_face_detector.pbtxt"] == sha256sum(fetch("ssd_tf_pbtxt"))
+    assert "haarcascade_eye.xml" in shas
+    assert prov["model"] == "tensorflow" and prov["confidence"] == 0.5
+
+
+def test_caffe_model_missing_offline_names_the_file():
+    # the caffemodel is not in ../shared; offline, the error says which file to get
+    with pytest.raises(WeightsError, match="res10_300x300_ssd_iter_140000.caffemodel"):
+        get_backend("ssd", model="caffe")
+
+
+def test_bad_model_name():
+    with pytest.raises(ValueError):
+        get_backend("ssd", model="onnx")
