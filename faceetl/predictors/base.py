@@ -1,0 +1,105 @@
+"""The one predictor protocol and registry: models that add columns to a face DataFrame.
+
+A predictor is a class in its own file under ``faceetl/predictors/`` decorated with
+:func:`register_predictor`. It declares the crop it wants (``align``: an :class:`AlignSpec`, made
+from each face's landmarks in the original image, or ``None`` to use the ``crop`` column as it is)
+and the columns it adds (``columns``: name -> pandas dtype, known without loading the model), and
+maps a batch of RGB uint8 crops to those columns. Models load once per worker process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..align import AlignSpec
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    name: str
+    align: ClassVar[AlignSpec | None]
+    columns: ClassVar[dict[str, Any]]
+
+    def predict_batch(self, crops: list[np.ndarray]) -> dict[str, list]:
+        """One value per crop for every name in ``columns``."""
+        ...
+
+    def provenance(self) -> dict[str, Any]:
+        """Model name, parameters and weights sha256."""
+        ...
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    name: str
+    factory: Callable[..., Predictor]
+    gpu: bool
+
+
+_REGISTRY: dict[str, PredictorSpec] = {}
+_LOADED: dict[tuple[str, str], Predictor] = {}
+_LOCK = threading.Lock()
+_BUILTIN = ("fairface", "parsing", "embedding")
+
+
+def register_predictor(name: str, *, gpu: bool = True) -> Callable:
+    """Class decorator: make a predictor class available as ``name``."""
+
+    def wrap(factory: Callable[..., Predictor]) -> Callable[..., Predictor]:
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise ValueError(f"predictor {name!r} is already registered")
+        _REGISTRY[name] = PredictorSpec(name, factory, gpu)
+        factory.name = name
+        return factory
+
+    return wrap
+
+
+def predictor_spec(name: str) -> PredictorSpec:
+    if name in _BUILTIN and name not in _REGISTRY:
+        importlib.import_module(f"faceetl.predictors.{name}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = sorted(set(_REGISTRY) | set(_BUILTIN))
+        raise ValueError(f"unknown model {name!r}; choose one of {known}") from None
+
+
+def list_predictors() -> list[str]:
+    for name in _BUILTIN:
+        predictor_spec(name)
+    return sorted(_REGISTRY)
+
+
+def get_predictor(name: str, **params: Any) -> Predictor:
+    """The loaded predictor for ``name`` and ``params``, loaded once per process."""
+    key = (name, json.dumps(params, sort_keys=True, default=str))
+    with _LOCK:
+        p = _LOADED.get(key)
+        if p is None:
+            p = predictor_spec(name).factory(**params)
+            _LOADED[key] = p
+    return p
+
+
+def output_columns(name: str, **params: Any) -> dict[str, Any]:
+    """The columns predictor ``name`` adds (without loading it), plus its provenance column."""
+    factory = predictor_spec(name).factory
+    cols = factory.output_columns(**params) if hasattr(factory, "output_columns") else factory.columns
+    return {**cols, f"{name}_provenance": "string[pyarrow]"}
+
+
+def default_device(device: str | None = None) -> str:
+    """``device`` or, when None, ``"cuda"`` where torch sees a GPU, else ``"cpu"``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

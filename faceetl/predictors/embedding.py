@@ -1,0 +1,390 @@
+"""Face embeddings (identity descriptors): dlib's ResNet (default) or FaceNet (facenet-pytorch).
+
+``network="dlib"``: ``dlib.face_recognition_model_v1`` with
+``dlib_face_recognition_resnet_model_v1.dat`` from the ``face_recognition_models`` package (located,
+not imported). Input is dlib's face chip, 150 px with padding 0.25 (what ``dlib.get_face_chip``
+gives by default and what the model was trained on), here made by faceetl from the 5 landmarks.
+Output: dlib's raw 128-d descriptor, NOT normalised (its norm is about 1 but varies): dlib compares
+descriptors by Euclidean distance, two faces being the same person below 0.6.
+
+``network="facenet"``: facenet-pytorch's InceptionResnetV1 trained on VGGFace2
+(``20180402-114759-vggface2.pt``, David Sandberg's TF model ported by facenet-pytorch), rebuilt here
+so that the released state dict loads with ``strict=True``. Input 160 px RGB standardised as
+facenet-pytorch's ``fixed_image_standardization``, ``(x - 127.5) / 128``; output 512-d,
+L2-normalised (compare by cosine similarity / Euclidean distance of unit vectors).
+
+FaceNet crop: facenet-pytorch crops the MTCNN box (plus a margin, commonly 14 px of 160) and
+resizes it to 160x160 without rotating. faceetl aligns with a similarity transform to a template
+instead; the ArcFace template cannot make 160 px crops (multiples of 112/128 only), so the dlib
+template is used at 160 px with padding 0.25. Measured on 66 MTCNN faces of the shared photos
+(emulating ``MTCNN(image_size=160, margin=14)``), that padding matches the scale of facenet crops
+(best least-squares padding 0.24), but the dlib chip places the face higher than an MTCNN crop
+(mean eyes at y 49 vs 64, nose 82 vs 93, mouth 110 vs 117 of 160) and MTCNN crops are stretched
+(the box is ~1.34x taller than wide, resized to a square): an approximation of facenet-pytorch's
+input, whose effect on accuracy could not be measured here without the released weights.
+
+Columns: ``embedding_vector`` (list<float32>) and ``embedding_network`` ("dlib" / "facenet").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from faceetl.align import AlignSpec
+from faceetl.predictors.base import default_device, register_predictor
+from faceetl.weights import (
+    WeightsError,
+    fetch,
+    load_state_dict,
+    register_weights,
+    sha256sum,
+    weights_info,
+)
+
+log = logging.getLogger(__name__)
+
+FACENET_WEIGHTS = "facenet_vggface2"
+register_weights(
+    FACENET_WEIGHTS,
+    "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
+    "20180402-114759-vggface2.pt",
+    # pinned in several independent public projects for this release file (111,898,327 bytes)
+    "281cebca8662831adb987a874bdcb36e73f5b1c6dc5ee5878f305e985625d99b",
+    filename="20180402-114759-vggface2.pt",
+    description="facenet-pytorch InceptionResnetV1 VGGFace2 state dict (MIT), incl. 8631 logits",
+)
+
+DLIB_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+#: dlib's recognition model: 150 px chip, padding 0.25 (get_face_chip's defaults)
+DLIB_ALIGN = AlignSpec("dlib", 150, 0.25)
+#: FaceNet: 160 px; the dlib template stands in for an MTCNN crop (see the module docstring)
+FACENET_ALIGN = AlignSpec("dlib", 160, 0.25)
+NETWORKS: dict[str, dict[str, Any]] = {
+    "dlib": {"align": DLIB_ALIGN, "dim": 128, "normalized": False},
+    "facenet": {"align": FACENET_ALIGN, "dim": 512, "normalized": True},
+}
+VECTOR = pd.ArrowDtype(pa.list_(pa.float32()))
+COLUMNS: dict[str, Any] = {"embedding_vector": VECTOR, "embedding_network": "string[pyarrow]"}
+#: the VGGFace2 classifier head in the released file (used only for training; kept for strict load)
+VGGFACE2_CLASSES = 8631
+
+
+def _check_network(network: str) -> str:
+    if network not in NETWORKS:
+        raise ValueError(f"unknown embedding network {network!r}; choose one of {sorted(NETWORKS)}")
+    return network
+
+
+def dlib_model_path() -> Path:
+    """Path of dlib's ResNet face descriptor in the face_recognition_models package (not imported)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            "face_recognition_models is not installed: it provides dlib's face recognition model "
+            f"{DLIB_MODEL_FILE} (pip install face_recognition_models)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / DLIB_MODEL_FILE
+    if not path.is_file():
+        raise WeightsError(f"dlib face recognition model not found at {path}")
+    return path
+
+
+@cache
+def _sha256(path: str) -> str:
+    return sha256sum(path)
+
+
+# -- FaceNet (InceptionResnetV1), module names as in facenet-pytorch so its state dict loads
+
+
+def _build_inception_resnet_v1(num_classes: int = VGGFACE2_CLASSES):
+    """InceptionResnetV1 with facenet-pytorch's module names (``logits`` kept for loading only)."""
+    import torch
+    from torch import nn
+
+    class BasicConv2d(nn.Module):
+        def __init__(self, cin: int, cout: int, k: Any, stride: int, padding: Any = 0) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False)
+            self.bn = nn.BatchNorm2d(cout, eps=0.001, momentum=0.1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.relu(self.bn(self.conv(x)))
+
+    def seq(*layers: nn.Module) -> nn.Sequential:
+        return nn.Sequential(*layers)
+
+    class Block35(nn.Module):
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.scale = scale
+            self.branch0 = BasicConv2d(256, 32, 1, 1)
+            self.branch1 = seq(BasicConv2d(256, 32, 1, 1), BasicConv2d(32, 32, 3, 1, 1))
+            self.branch2 = seq(
+                BasicConv2d(256, 32, 1, 1),
+                BasicConv2d(32, 32, 3, 1, 1),
+                BasicConv2d(32, 32, 3, 1, 1),
+            )
+            self.conv2d = nn.Conv2d(96, 256, 1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1)
+            return self.relu(self.conv2d(y) * self.scale + x)
+
+    class Block17(nn.Module):
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.scale = scale
+            self.branch0 = BasicConv2d(896, 128, 1, 1)
+            self.branch1 = seq(
+                BasicConv2d(896, 128, 1, 1),
+                BasicConv2d(128, 128, (1, 7), 1, (0, 3)),
+                BasicConv2d(128, 128, (7, 1), 1, (3, 0)),
+            )
+            self.conv2d = nn.Conv2d(256, 896, 1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cat([self.branch0(x), self.branch1(x)], 1)
+            return self.relu(self.conv2d(y) * self.scale + x)
+
+    class Block8(nn.Module):
+        def __init__(self, scale: float = 1.0, relu: bool = True) -> None:
+            super().__init__()
+            self.scale = scale
+            self.use_relu = relu
+            self.branch0 = BasicConv2d(1792, 192, 1, 1)
+            self.branch1 = seq(
+                BasicConv2d(1792, 192, 1, 1),
+                BasicConv2d(192, 192, (1, 3), 1, (0, 1)),
+                BasicConv2d(192, 192, (3, 1), 1, (1, 0)),
+            )
+            self.conv2d = nn.Conv2d(384, 1792, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cat([self.branch0(x), self.branch1(x)], 1)
+            y = self.conv2d(y) * self.scale + x
+            return torch.relu(y) if self.use_relu else y
+
+    class Mixed6a(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.branch0 = BasicConv2d(256, 384, 3, 2)
+            self.branch1 = seq(
+                BasicConv2d(256, 192, 1, 1),
+                BasicConv2d(192, 192, 3, 1, 1),
+                BasicConv2d(192, 256, 3, 2),
+            )
+            self.branch2 = nn.MaxPool2d(3, stride=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1)
+
+    class Mixed7a(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.branch0 = seq(BasicConv2d(896, 256, 1, 1), BasicConv2d(256, 384, 3, 2))
+            self.branch1 = seq(BasicConv2d(896, 256, 1, 1), BasicConv2d(256, 256, 3, 2))
+            self.branch2 = seq(
+                BasicConv2d(896, 256, 1, 1),
+                BasicConv2d(256, 256, 3, 1, 1),
+                BasicConv2d(256, 256, 3, 2),
+            )
+            self.branch3 = nn.MaxPool2d(3, stride=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            parts = [self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)]
+            return torch.cat(parts, 1)
+
+    class InceptionResnetV1(nn.Module):
+        """Embedding network: (N, 3, 160, 160) standardised RGB -> (N, 512) unit vectors."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv2d_1a = BasicConv2d(3, 32, 3, 2)
+            self.conv2d_2a = BasicConv2d(32, 32, 3, 1)
+            self.conv2d_2b = BasicConv2d(32, 64, 3, 1, 1)
+            self.maxpool_3a = nn.MaxPool2d(3, stride=2)
+            self.conv2d_3b = BasicConv2d(64, 80, 1, 1)
+            self.conv2d_4a = BasicConv2d(80, 192, 3, 1)
+            self.conv2d_4b = BasicConv2d(192, 256, 3, 2)
+            self.repeat_1 = seq(*[Block35(0.17) for _ in range(5)])
+            self.mixed_6a = Mixed6a()
+            self.repeat_2 = seq(*[Block17(0.10) for _ in range(10)])
+            self.mixed_7a = Mixed7a()
+            self.repeat_3 = seq(*[Block8(0.20) for _ in range(5)])
+            self.block8 = Block8(relu=False)
+            self.avgpool_1a = nn.AdaptiveAvgPool2d(1)
+            self.last_linear = nn.Linear(1792, 512, bias=False)
+            self.last_bn = nn.BatchNorm1d(512, eps=0.001, momentum=0.1)
+            self.logits = nn.Linear(512, num_classes)  # VGGFace2 identities: unused here
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for name in (
+                "conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a",
+                "conv2d_4b", "repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3", "block8",
+                "avgpool_1a",
+            ):  # fmt: skip
+                x = getattr(self, name)(x)
+            x = self.last_bn(self.last_linear(x.flatten(1)))
+            return torch.nn.functional.normalize(x, p=2, dim=1)
+
+    return InceptionResnetV1()
+
+
+def load_facenet(path: str | Path):
+    """InceptionResnetV1 with the state dict at ``path`` (facenet-pytorch layout, strict)."""
+    sd = load_state_dict(path)
+    if not isinstance(sd, dict) or "last_linear.weight" not in sd:
+        raise WeightsError(
+            f"{path} is not a facenet-pytorch InceptionResnetV1 state dict (no last_linear.weight)"
+        )
+    import torch
+
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    if "logits.weight" not in sd:  # a features-only file: the classifier head is not needed
+        sd = {
+            **sd,
+            "logits.weight": torch.zeros(VGGFACE2_CLASSES, 512),
+            "logits.bias": torch.zeros(VGGFACE2_CLASSES),
+        }
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        model = _build_inception_resnet_v1(int(sd["logits.weight"].shape[0]))
+    try:
+        model.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise WeightsError(
+            f"{path} does not fit facenet-pytorch's InceptionResnetV1 (VGGFace2 release layout): {e}"
+        ) from e
+    return model.eval()
+
+
+@register_predictor("embedding", gpu=True)
+class EmbeddingPredictor:
+    """Identity embeddings of face crops: dlib ResNet (128-d, raw) or FaceNet (512-d, unit)."""
+
+    name = "embedding"
+    align: ClassVar[AlignSpec | None] = DLIB_ALIGN
+    columns: ClassVar[dict[str, Any]] = COLUMNS
+
+    @classmethod
+    def output_columns(cls, network: str = "dlib", **params: Any) -> dict[str, Any]:
+        """The columns added (the same for both networks; the vector length differs)."""
+        _check_network(network)
+        return dict(COLUMNS)
+
+    @classmethod
+    def align_for(cls, network: str = "dlib") -> AlignSpec:
+        """The crop geometry ``network`` wants."""
+        return NETWORKS[_check_network(network)]["align"]
+
+    def __init__(
+        self,
+        *,
+        network: str = "dlib",
+        device: str | None = None,
+        num_jitters: int = 0,
+        half: bool = True,
+        weights: str | None = None,
+    ) -> None:
+        """Load ``network``. ``num_jitters`` (dlib only): dlib's averaging over that many random
+        jitters of each chip (slower). ``half``: fp16 autocast on CUDA (facenet). ``weights``
+        (facenet only): a local state-dict path used instead of the registered release file."""
+        self.network = _check_network(network)
+        self.align = NETWORKS[network]["align"]
+        self.dim = int(NETWORKS[network]["dim"])
+        self.num_jitters = int(num_jitters)
+        if self.num_jitters < 0:
+            raise ValueError("num_jitters must be >= 0")
+        if self.num_jitters and network != "dlib":
+            raise ValueError("num_jitters is a dlib option")
+        if network == "dlib":
+            import dlib
+
+            if weights is not None:
+                raise ValueError("weights= is for network='facenet'; dlib's model is packaged")
+            path = dlib_model_path()
+            self._model = dlib.face_recognition_model_v1(str(path))
+            self._weights = {path.name: _sha256(str(path))}
+            self.device = "cpu"  # dlib-bin is built without CUDA
+            self.half = False
+            self._version = str(getattr(dlib, "__version__", "unknown"))
+        else:
+            import torch
+
+            if weights is None:
+                info = weights_info(FACENET_WEIGHTS)
+                path = fetch(info.name)
+                self._weights = {info.filename: info.sha256}
+            else:
+                path = Path(weights)
+                if not path.is_file():
+                    raise WeightsError(f"FaceNet weights file {path} does not exist")
+                self._weights = {path.name: sha256sum(path)}
+            self.device = default_device(device)
+            self.half = bool(half) and self.device.startswith("cuda")
+            self._model = load_facenet(path).to(self.device)
+            self._version = str(torch.__version__)
+        log.debug("embedding network %s loaded on %s", network, self.device)
+
+    def _check(self, crops: list[np.ndarray]) -> None:
+        s = self.align.size
+        for c in crops:
+            if c.dtype != np.uint8 or c.shape != (s, s, 3):
+                raise ValueError(
+                    f"{self.network} embeddings need RGB uint8 crops of {s}x{s}x3, "
+                    f"got {c.dtype} {c.shape}"
+                )
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        """(N, dim) float32 embeddings of RGB uint8 crops of the ``align`` size."""
+        if not crops:
+            return np.zeros((0, self.dim), np.float32)
+        self._check(crops)
+        if self.network == "dlib":
+            chips = [np.ascontiguousarray(c) for c in crops]
+            vecs = self._model.compute_face_descriptor(chips, self.num_jitters)
+            return np.asarray([np.asarray(v) for v in vecs], np.float32).reshape(-1, self.dim)
+        import torch
+
+        x = torch.from_numpy(np.stack(crops)).to(self.device)
+        x = (x.permute(0, 3, 1, 2).float() - 127.5) / 128.0  # fixed_image_standardization
+        with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.half):
+            y = self._model(x)
+        y = torch.nn.functional.normalize(y.float(), dim=1)  # exact unit norm after fp16
+        return y.cpu().numpy().astype(np.float32)
+
+    def predict_batch(self, crops: list[np.ndarray]) -> dict[str, list]:
+        """``embedding_vector`` (one float32 vector per crop) and ``embedding_network``."""
+        emb = self.embed(crops)
+        return {
+            "embedding_vector": [v for v in emb],
+            "embedding_network": [self.network] * len(crops),
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        """Model, parameters, crop geometry, output convention and weights sha256."""
+        a = self.align
+        return {
+            "model": self.name,
+            "network": self.network,
+            "dim": self.dim,
+            "l2_normalized": bool(NETWORKS[self.network]["normalized"]),
+            "metric": "euclidean, same person < 0.6" if self.network == "dlib" else "cosine",
+            "align": {"template": a.template, "size": a.size, "padding": a.padding},
+            "num_jitters": self.num_jitters,
+            "device": self.device,
+            "half": self.half,
+            "library_version": self._version,
+            "weights": dict(self._weights),
+        }
