@@ -16,6 +16,15 @@ BlazeFace gives 6 keypoints: the subject's right eye, left eye, nose tip, mouth 
 tragion, left ear tragion. The eyes and nose fill the ArcFace 5 (eyes ordered by x in the
 image); mouth corners are not given and stay NaN. All 6 in pixels are in
 ``extra["keypoints6"]`` in MediaPipe's order.
+
+Keypoint refinement (``refine=True``, the default): the whole photo is shrunk to 128 or 192 px,
+so on small faces the first pass places the keypoints coarsely (errors of a third of the eye
+distance and more in group photos). Each face found is then cut out as a square of
+``refine_scale`` times its box's larger side, centred on the box (zero padding past the
+borders), resized to the short-range model's 128 px input, and detected again. The detection in
+that crop that best overlaps the face's expected position gives the face's keypoints and box,
+mapped back to image pixels; the first-pass score is kept. A face whose crop yields no
+overlapping detection keeps its first-pass box and keypoints (``extra["refined"]`` says which).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import logging
 import threading
 from typing import Any
 
+import cv2
 import numpy as np
 
 from faceetl.backends.base import Detections, register_backend
@@ -55,6 +65,11 @@ register_weights(
     "face_detection_full_range_sparse.tflite",
     "MediaPipe BlazeFace full range sparse (faces within ~5 m), 192x192 input, no TFLite metadata",
 )
+
+#: input side of the short-range model, the one refinement runs
+REFINE_INPUT = 128
+#: a refined detection must overlap the face's expected box in the crop at least this much
+REFINE_MIN_IOU = 0.3
 
 #: input normalisation of BlazeFace: (pixel - 127.5) / 127.5 -> [-1, 1]
 NORM_MEAN = 127.5
@@ -122,6 +137,15 @@ def with_task_metadata(model: bytes, name: str = "blazeface") -> bytes:
     return bytes(b.Output())
 
 
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box (4,) with each of ``boxes`` (N, 4), x1 y1 x2 y2."""
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / np.maximum(np.prod(box[2:] - box[:2]) + areas - inter, 1e-9)
+
+
 @register_backend("mediapipe", workers=2, gpu=False)
 class MediaPipeDetector:
     """BlazeFace (short or full range) via ``mediapipe.tasks.python.vision.FaceDetector``."""
@@ -134,35 +158,106 @@ class MediaPipeDetector:
         model: str = "short",
         min_detection_confidence: float = 0.5,
         min_suppression_threshold: float = 0.3,
+        refine: bool = True,
+        refine_scale: float = 2.0,
     ) -> None:
         if model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, not {model!r}")
+        if not refine_scale > 1.0:
+            raise ValueError(f"refine_scale must be > 1, not {refine_scale!r}")
         import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
 
         self._mp = mp
         self.model = model
         self.min_detection_confidence = float(min_detection_confidence)
         self.min_suppression_threshold = float(min_suppression_threshold)
+        self.refine = bool(refine)
+        self.refine_scale = float(refine_scale)
+        self._mp_version = getattr(mp, "__version__", "unknown")
+        self._weights: dict[str, str] = {}
+        self._task_sha256: dict[str, str] = {}
+        self._detector = self._create(model)
+        # refinement runs the short-range model on face crops: the same detector for
+        # model="short", a second one (created once, reused for every crop) for "full"
+        self._refiner = None
+        if self.refine:
+            self._refiner = self._detector if model == "short" else self._create("short")
+        # One lock for both detectors. Concurrent detect() calls on one detector gave identical
+        # results in our check, but the Tasks API does not document thread safety, so calls
+        # are serialised.
+        self._lock = threading.Lock()
+
+    def _create(self, model: str) -> Any:
+        """A Tasks ``FaceDetector`` for ``model`` ("short" or "full"), its hashes recorded."""
+        from mediapipe.tasks.python import BaseOptions, vision
+
         wf = weights_info(MODELS[model])
         path = fetch(MODELS[model])
-        self._weights_sha256 = wf.sha256
-        self._weights_file = wf.filename
         patched = with_task_metadata(path.read_bytes(), name=path.stem)
-        self._patched_sha256 = hashlib.sha256(patched).hexdigest()
-        self._mp_version = getattr(mp, "__version__", "unknown")
+        self._weights[wf.filename] = wf.sha256
+        self._task_sha256[wf.filename] = hashlib.sha256(patched).hexdigest()
         options = vision.FaceDetectorOptions(
             base_options=BaseOptions(model_asset_buffer=patched),
             running_mode=vision.RunningMode.IMAGE,
             min_detection_confidence=self.min_detection_confidence,
             min_suppression_threshold=self.min_suppression_threshold,
         )
-        self._detector = vision.FaceDetector.create_from_options(options)
-        # One detector per instance, reused for every call. Concurrent detect() calls on one
-        # detector gave identical results in our check, but the Tasks API does not document
-        # thread safety, so calls are serialised.
-        self._lock = threading.Lock()
+        det = vision.FaceDetector.create_from_options(options)
         log.debug("mediapipe %s FaceDetector loaded (%s)", self._mp_version, wf.filename)
+        return det
+
+    def _run(self, detector: Any, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (N, 4), scores (N,) and the 6 keypoints (N, 6, 2) in ``img`` pixels."""
+        h, w = img.shape[:2]
+        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=img)
+        with self._lock:
+            faces = detector.detect(mp_image).detections or []
+        boxes = np.zeros((len(faces), 4), np.float32)
+        scores = np.zeros(len(faces), np.float32)
+        kp6 = np.full((len(faces), 6, 2), np.nan, np.float32)
+        for i, det in enumerate(faces):
+            bb = det.bounding_box
+            boxes[i] = (bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height)
+            scores[i] = det.categories[0].score if det.categories else np.nan
+            for k, kp in enumerate((det.keypoints or [])[:6]):
+                kp6[i, k] = (kp.x * w, kp.y * h)
+        return boxes, scores, kp6
+
+    def _refine(
+        self, img: np.ndarray, boxes: np.ndarray, kp6: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes and keypoints re-detected on a square crop around each face (see module doc).
+
+        Returns the new boxes, keypoints and a bool per face: whether it was refined.
+        """
+        h, w = img.shape[:2]
+        boxes, kp6 = boxes.copy(), kp6.copy()
+        refined = np.zeros(len(boxes), bool)
+        for i, (x1, y1, x2, y2) in enumerate(boxes.astype(np.float64)):
+            side = int(round(self.refine_scale * max(x2 - x1, y2 - y1)))
+            if side < 8:
+                continue
+            ox = int(round((x1 + x2 - side) / 2))
+            oy = int(round((y1 + y2 - side) / 2))
+            crop = np.zeros((side, side, 3), np.uint8)
+            sx0, sy0 = max(ox, 0), max(oy, 0)
+            sx1, sy1 = min(ox + side, w), min(oy + side, h)
+            crop[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = img[sy0:sy1, sx0:sx1]
+            interp = cv2.INTER_AREA if side > REFINE_INPUT else cv2.INTER_LINEAR
+            crop = cv2.resize(crop, (REFINE_INPUT, REFINE_INPUT), interpolation=interp)
+            b, _, k = self._run(self._refiner, crop)
+            if not len(b):
+                continue
+            scale = side / REFINE_INPUT  # crop pixels -> image pixels
+            origin = np.array([ox, oy, ox, oy], np.float64)
+            iou = _iou(boxes[i] - origin, b * scale)
+            j = int(np.argmax(iou))
+            if iou[j] < REFINE_MIN_IOU:
+                continue
+            boxes[i] = b[j] * scale + origin
+            kp6[i] = k[j] * scale + origin[:2]
+            refined[i] = True
+        return boxes, kp6, refined
 
     def detect(self, image: np.ndarray) -> Detections:
         """Faces in one RGB uint8 image (H, W, 3)."""
@@ -173,53 +268,45 @@ class MediaPipeDetector:
             raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
         img = np.ascontiguousarray(img[:, :, :3])
         h, w = img.shape[:2]
-        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=img)
-        with self._lock:
-            result = self._detector.detect(mp_image)
-        faces = result.detections
-        if not faces:
-            empty = Detections.empty()
-            empty.extra["keypoints6"] = np.zeros((0, 6, 2), np.float32)
-            return empty
-        boxes = np.zeros((len(faces), 4), np.float32)
-        scores = np.zeros(len(faces), np.float32)
-        kp6 = np.full((len(faces), 6, 2), np.nan, np.float32)
-        for i, det in enumerate(faces):
-            bb = det.bounding_box
-            boxes[i] = (bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height)
-            scores[i] = det.categories[0].score if det.categories else np.nan
-            for k, kp in enumerate((det.keypoints or [])[:6]):
-                kp6[i, k] = (kp.x * w, kp.y * h)
-        landmarks = np.full((len(faces), 5, 2), np.nan, np.float32)
+        boxes, scores, kp6 = self._run(self._detector, img)
+        refined = np.zeros(len(boxes), bool)
+        if self._refiner is not None and len(boxes):
+            boxes, kp6, refined = self._refine(img, boxes, kp6)
+        n = len(boxes)
+        landmarks = np.full((n, 5, 2), np.nan, np.float32)
         swap = kp6[:, 0, 0] > kp6[:, 1, 0]  # eyes in image order: smaller x first
         landmarks[:, 0] = np.where(swap[:, None], kp6[:, 1], kp6[:, 0])
         landmarks[:, 1] = np.where(swap[:, None], kp6[:, 0], kp6[:, 1])
         landmarks[:, 2] = kp6[:, 2]
         scores = np.clip(scores, 0.0, 1.0)
-        return Detections(boxes, scores, landmarks, {"keypoints6": kp6}).clip(w, h)
+        extra = {"keypoints6": kp6, "refined": refined}
+        return Detections(boxes, scores, landmarks, extra).clip(w, h)
 
     def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
         """One :class:`Detections` per RGB uint8 image, in order (images run one by one)."""
         return [self.detect(im) for im in images]
 
     def provenance(self) -> dict[str, Any]:
-        """Parameters, the weight file's sha256 and that of the copy with metadata added."""
+        """Parameters, each weight file's sha256 and that of its copy with metadata added."""
         return {
             "backend": self.name,
             "model": self.model,
             "min_detection_confidence": self.min_detection_confidence,
             "min_suppression_threshold": self.min_suppression_threshold,
-            "weights": {self._weights_file: self._weights_sha256},
-            "task_model_sha256": self._patched_sha256,
+            "refine": self.refine,
+            "refine_scale": self.refine_scale,
+            "weights": dict(self._weights),
+            "task_model_sha256": dict(self._task_sha256),
             "normalization": {"mean": NORM_MEAN, "std": NORM_STD},
             "mediapipe": self._mp_version,
         }
 
     def close(self) -> None:
-        """Release the MediaPipe graph."""
+        """Release the MediaPipe graphs."""
         det, self._detector = getattr(self, "_detector", None), None
-        if det is not None:
-            det.close()
+        ref, self._refiner = getattr(self, "_refiner", None), None
+        for d in {id(x): x for x in (det, ref) if x is not None}.values():
+            d.close()
 
     def __del__(self) -> None:
         try:
