@@ -1,0 +1,30 @@
+"""Training on the face DataFrame: multi-head classifiers fine-tuned on extracted crops.
+
+``faceetl.train.classifier(train, val, label_columns=[...])`` trains and returns
+``(model, metrics)``; ``load_classifier`` reloads a checkpoint and ``predict`` runs a model over a
+:class:`faceetl.data.FaceDataset`.
+"""
+
+from .classifier import (
+    BACKBONES,
+    MultiHeadClassifier,
+    ResNet18,
+    SmallCNN,
+    classifier,
+    evaluate,
+    load_classifier,
+    make_backbone,
+    predict,
+)
+
+__all__ = [
+    "BACKBONES",
+    "MultiHeadClassifier",
+    "ResNet18",
+    "SmallCNN",
+    "classifier",
+    "evaluate",
+    "load_classifier",
+    "make_backbone",
+    "predict",
+]
