@@ -11,13 +11,29 @@ from .cluster import cluster
 from .io import ImageError, decode_png, load_image
 from .pife import Pife
 from .pipeline import compute, extract_faces, read_images
+from .predictions import predict
+from .predictors.base import list_predictors, register_predictor
 from .schema import SCHEMA, boxes_array, landmarks_array, read_faces
 from .weights import WeightsError, fetch, register_weights
 
 __version__ = "0.1.0"
 
+_LAZY = {"FaceDataset": "data", "stratified_split": "data", "read_fairface": "data", "train": "train"}
+
+
+def __getattr__(name: str):
+    """Torch-heavy parts (datasets, training) load on first use."""
+    if name in _LAZY:
+        import importlib
+
+        mod = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return mod if name == _LAZY[name] else getattr(mod, name)
+    raise AttributeError(f"module 'faceetl' has no attribute {name!r}")
+
+
 __all__ = [
     "SCHEMA",
+    "FaceDataset",
     "AlignSpec",
     "Detections",
     "Detector",
@@ -36,9 +52,15 @@ __all__ = [
     "get_backend",
     "landmarks_array",
     "list_backends",
+    "list_predictors",
     "load_image",
+    "predict",
+    "read_fairface",
     "read_faces",
     "read_images",
     "register_backend",
+    "register_predictor",
+    "stratified_split",
+    "train",
     "register_weights",
 ]

@@ -24,10 +24,9 @@ from PIL import Image
 
 import faceetl.weights as fw
 from conftest import IMAGES
-from faceetl import extract_faces
+from faceetl import extract_faces, predict
 from faceetl.align import align_face
 from faceetl.backends.base import get_backend
-from faceetl.predict import predict
 from faceetl.predictors.base import get_predictor, output_columns
 from faceetl.predictors.embedding import (
     DLIB_ALIGN,

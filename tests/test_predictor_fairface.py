@@ -316,7 +316,7 @@ def test_predict_batch_labels_and_softmax(random_home):
 
 def test_predict_through_dask_pipeline(random_home, tmp_path):
     import faceetl
-    from faceetl.predict import predict
+    from faceetl import predict
 
     blank = tmp_path / "blank.png"
     Image.fromarray(np.full((200, 200, 3), 127, np.uint8)).save(blank)

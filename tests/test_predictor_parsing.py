@@ -21,7 +21,6 @@ import pytest
 import torch
 
 import faceetl
-import faceetl.predict
 from conftest import IMAGES, load_rgb
 from faceetl import weights
 from faceetl.align import align_face, transform_points
@@ -285,7 +284,7 @@ def test_predict_through_dask_pipeline(random_weights, tmp_path: Path):
     paths = [str(SAMPLE), str(OBAMA), missing]
     with dask.config.set(scheduler="sync"):
         faces = faceetl.extract_faces(paths, backend="dlib")
-        out = faceetl.predict.predict(faces, model="parsing")
+        out = faceetl.predict(faces, model="parsing")
         assert "parsing_mask" in out.columns and "parsing_fractions" in out.columns
         df = out.compute()
     ok = df["status"] == "ok"

@@ -10,6 +10,7 @@ names; the pipeline asks :func:`get_backend` for a loaded detector by name.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import threading
@@ -147,6 +148,17 @@ def get_backend(name: str, **params: Any) -> Detector:
 
 
 def clear_cache() -> None:
-    """Forget loaded detectors (tests, or to free memory)."""
+    """Forget loaded detectors, closing those that hold native resources."""
     with _LOCK:
+        loaded = list(_LOADED.values())
         _LOADED.clear()
+    for det in loaded:
+        close = getattr(det, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # best effort: the process may be shutting down
+                pass
+
+
+atexit.register(clear_cache)  # release native graphs before the interpreter tears modules down
