@@ -32,6 +32,8 @@ FACE_CASCADES = ("alt", "alt2", "default", "alt_tree")
 EYE_CASCADE = "haarcascade_eye.xml"
 #: face ROIs are resized to this width before the eye search (eyes then ~25-45 px wide)
 _EYE_ROI_WIDTH = 160
+#: a mirrored-ROI eye box counts as the same eye within this fraction of the eye-box width
+_MIRROR_RADIUS = 0.35
 
 
 def cascade_path(filename: str) -> Path:
@@ -70,15 +72,61 @@ def _last_stage_threshold(path: Path) -> float:
         fs.release()
 
 
+def _eye_rects(
+    cc: cv2.CascadeClassifier, roi: np.ndarray, fw: float, min_neighbors: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eye-cascade boxes (K, 4) x y w h and their neighbour counts in a resized face ROI."""
+    min_eye = max(12, int(0.12 * fw))
+    max_eye = max(min_eye + 1, int(0.45 * fw))
+    rects, neighbours = cc.detectMultiScale2(
+        roi,
+        scaleFactor=1.05,
+        minNeighbors=min_neighbors,
+        minSize=(min_eye, min_eye),
+        maxSize=(max_eye, max_eye),
+    )
+    return (
+        np.asarray(rects, np.float64).reshape(-1, 4),
+        np.asarray(neighbours, np.float64).reshape(-1),
+    )
+
+
+def _mirror_refine(
+    cc: cv2.CascadeClassifier, roi: np.ndarray, fw: float, pts: np.ndarray, widths: np.ndarray
+) -> np.ndarray:
+    """Average each eye centre with the matching eye box found in the mirrored ROI.
+
+    The cascade is not mirror-symmetric, so the mirrored search gives a second, partly
+    independent estimate of each eye box; an eye with no mirrored box within
+    ``_MIRROR_RADIUS`` of its width (and of similar size) keeps its own box centre.
+    """
+    rects, _ = _eye_rects(cc, np.ascontiguousarray(roi[:, ::-1]), fw, 1)
+    if len(rects) == 0:
+        return pts
+    c = np.stack(
+        [roi.shape[1] - (rects[:, 0] + rects[:, 2] / 2), rects[:, 1] + rects[:, 3] / 2], axis=1
+    )
+    out = pts.copy()
+    for k in range(len(pts)):
+        d = np.linalg.norm(c - pts[k], axis=1)
+        ok = (d < _MIRROR_RADIUS * widths[k]) & (rects[:, 2] > 0.6 * widths[k])
+        ok &= rects[:, 2] < 1.6 * widths[k]
+        if ok.any():
+            out[k] = (pts[k] + c[np.flatnonzero(ok)[np.argmin(d[ok])]]) / 2
+    return out
+
+
 def find_eyes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Eye centres of each face box with the Haar eye cascade: (N, 5, 2), eyes filled, rest NaN.
 
     ``gray`` is the uint8 grayscale image, ``boxes`` (N, 4) x1 y1 x2 y2 in its pixels. The
     upper part of each box is resized to a fixed width (no equalisation: it hurt on the shared
     photos) and searched. Of the pairs of eye detections, one on each side of the box's
-    vertical centre line, that look like two eyes (20-75% of the box width apart, nearly
-    level, similar size), the pair of best eyes (most neighbours, then largest) wins. A face keeps NaN eyes unless both are found; the eye with the smaller x
-    comes first (ArcFace order as seen in the image).
+    vertical centre line, that look like two eyes (20-75% of the box width and 1-2.6 eye-box
+    widths apart, nearly level, similar size), the best wins: most neighbours (log), midpoint
+    near the box's centre line, level. Each eye centre is then averaged with the matching
+    detection in the mirrored ROI (see :func:`_mirror_refine`). A face keeps NaN eyes unless
+    both are found; the eye with the smaller x comes first (ArcFace order as seen in the image).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     out = np.full((len(boxes), N_LANDMARKS, 2), np.nan, np.float32)
@@ -103,40 +151,37 @@ def find_eyes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
             roi, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
         )
         fw = bw * s  # face width in ROI pixels
-        min_eye = max(12, int(0.12 * fw))
-        max_eye = max(min_eye + 1, int(0.45 * fw))
-        rects, neighbours = cc.detectMultiScale2(
-            roi,
-            scaleFactor=1.05,
-            minNeighbors=2,
-            minSize=(min_eye, min_eye),
-            maxSize=(max_eye, max_eye),
-        )
+        rects, neighbours = _eye_rects(cc, roi, fw, 2)
         if len(rects) < 2:
             continue
-        rects = np.asarray(rects, np.float64).reshape(-1, 4)
-        neighbours = np.asarray(neighbours, np.float64).reshape(-1)
         cx = rects[:, 0] + rects[:, 2] / 2
         cy = rects[:, 1] + rects[:, 3] / 2
         mid = (x1 + bw / 2 - rx1) * s
-        rank = neighbours * 1e4 + rects[:, 2]  # most neighbours, then largest
         left, right = np.flatnonzero(cx < mid), np.flatnonzero(cx >= mid)
         if len(left) == 0 or len(right) == 0:
             continue
-        # pairs that look like two eyes of one face: apart by 20-75% of the face width,
-        # nearly level, of similar size; the pair of best-ranked eyes wins
+        # pairs that look like two eyes of one face: apart by 20-75% of the face width and by
+        # 1-2.6 eye-box widths, nearly level, of similar size
         li, ri = np.meshgrid(left, right, indexing="ij")
         li, ri = li.ravel(), ri.ravel()
         dx, dy = cx[ri] - cx[li], np.abs(cy[ri] - cy[li])
         size = rects[li, 2] / rects[ri, 2]
+        mean_w = (rects[li, 2] + rects[ri, 2]) / 2
         ok = (dx > 0.2 * fw) & (dx < 0.75 * fw) & (dy < 0.5 * dx) & (size < 2.0) & (size > 0.5)
+        ok &= (dx > 1.0 * mean_w) & (dx < 2.6 * mean_w)
         if not ok.any():
             continue
-        best = np.flatnonzero(ok)[np.argmax((rank[li] + rank[ri])[ok])]
+        score = (
+            np.log1p(neighbours[li])
+            + np.log1p(neighbours[ri])
+            - 4.0 * np.abs((cx[li] + cx[ri]) / 2 - mid) / fw
+            - 2.0 * dy / np.maximum(dx, 1e-9)
+        )
+        best = np.flatnonzero(ok)[np.argmax(score[ok])]
         sides = [li[best], ri[best]]
-        pts = np.stack([cx[sides] / s + rx1, cy[sides] / s + ry1], axis=1)
-        pts = pts[np.argsort(pts[:, 0])]
-        out[i, 0:2] = pts
+        pts = _mirror_refine(cc, roi, fw, np.stack([cx[sides], cy[sides]], axis=1), rects[sides, 2])
+        pts = pts / s + [rx1, ry1]
+        out[i, 0:2] = pts[np.argsort(pts[:, 0])]
     return out
 
 
