@@ -277,3 +277,20 @@ def test_speed_one_core(det: RetinaFaceDetector, group_images) -> None:
         torch.set_num_threads(threads)
     print(f"retinaface mobilenet0.25, 1 thread: {rate:.2f} images/s on the group photos")
     assert rate > 0.2
+
+
+def test_large_faces_found_once():
+    """Faces larger than the anchors: the reference output doubles them, the default does not."""
+    import cv2
+
+    from faceetl.backends.base import get_backend
+
+    couple = load_rgb(IMAGES / "group" / "deepface_couple.jpg")
+    assert len(get_backend("retinaface").detect_batch([couple])[0]) == 2
+    assert len(get_backend("retinaface", large_face_pass=False).detect_batch([couple])[0]) > 2
+    small = load_rgb(IMAGES / "single" / "fr_obama_small.jpg")
+    big = cv2.resize(small, (small.shape[1] * 6, small.shape[0] * 6), interpolation=cv2.INTER_CUBIC)
+    (det,) = get_backend("retinaface").detect_batch([big])
+    assert len(det) == 1
+    (ref,) = get_backend("retinaface").detect_batch([small])
+    assert np.abs(det.boxes[0] / 6 - ref.boxes[0]).max() < 6  # same face, same place

@@ -47,6 +47,19 @@ class Detections:
     def __len__(self) -> int:
         return len(self.boxes)
 
+    @classmethod
+    def concat(cls, parts: list[Detections]) -> Detections:
+        """All faces of ``parts``, highest score first (extras kept where all parts have them)."""
+        parts = [p for p in parts if len(p)] or [cls.empty()]
+        keys = set.intersection(*(set(p.extra) for p in parts))
+        det = cls(
+            np.concatenate([p.boxes for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.landmarks for p in parts]),
+            {k: np.concatenate([p.extra[k] for p in parts]) for k in keys},
+        )
+        return det.select(np.argsort(-det.scores, kind="stable"))
+
     def clip(self, width: int, height: int) -> Detections:
         """Boxes clipped to the image; faces left with no area are dropped."""
         b = self.boxes.copy()
@@ -64,6 +77,18 @@ class Detections:
             self.landmarks[keep],
             {k: v[keep] for k, v in self.extra.items()},
         )
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes ``a`` (N, 4) and ``b`` (M, 4), x1 y1 x2 y2."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 @runtime_checkable

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceetl.backends.base import Detections, register_backend
+from faceetl.backends.base import Detections, box_iou, register_backend
 from faceetl.ops import batched_nms
 from faceetl.weights import (
     WeightsError,
@@ -62,6 +62,9 @@ MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 STEPS = (8, 16, 32)
 VARIANCE = (0.1, 0.2)
 MEAN_BGR = (104, 117, 123)
+LARGE_FACE = 400  # network pixels: faces beyond the largest anchors (512) come out doubled
+REDETECT_SIDE = 256  # ... so they are detected again with the largest face at this size
+MIN_REDETECTED = 64  # faces the second pass finds at least this large replace the first's
 
 
 # ----------------------------------------------------------------------------- layers
@@ -385,6 +388,7 @@ class RetinaFaceDetector:
         top_k: int = 5000,
         keep_top_k: int = 750,
         max_size: int | None = 2048,
+        large_face_pass: bool = True,
         exact_padding: bool = True,
         batch_pixels: int | None = None,
         pad_waste: float = 1.5,
@@ -396,7 +400,11 @@ class RetinaFaceDetector:
 
         ``conf_threshold=0.02`` is the WIDER FACE evaluation setting. ``max_size`` caps the
         longest side (images are downscaled, boxes still come back in input pixels); ``None``
-        runs every image at its original scale. Mixed-size images share a zero-padded canvas;
+        runs every image at its original scale. ``large_face_pass``: RetinaFace finds faces
+        larger than its largest anchors (512 px) twice, the second box shifted; where a face
+        that large is found, the image is detected again downscaled so that face is 256 px, and
+        the faces found there replace those they overlap (``False``: the reference pipeline's
+        output as it is). Mixed-size images share a zero-padded canvas;
         with ``exact_padding`` the padding is kept out of every image's features so that an
         image gives the same detections alone or in any batch (``False``: a little faster,
         faces at the right/bottom edges may move). A batch is split into several canvases where
@@ -420,6 +428,7 @@ class RetinaFaceDetector:
         self.top_k = int(top_k)
         self.keep_top_k = int(keep_top_k)
         self.max_size = None if max_size is None else int(max_size)
+        self.large_face_pass = bool(large_face_pass)
         self.exact_padding = bool(exact_padding)
         self.pad_waste = float(pad_waste)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -511,7 +520,10 @@ class RetinaFaceDetector:
             dets = self._detect_canvas([scaled[i] for i in group])
             for i, det in zip(group, dets, strict=True):
                 det = Detections(det.boxes / scales[i], det.scores, det.landmarks / scales[i])
-                out[i] = det.clip(images[i].shape[1], images[i].shape[0])
+                det = det.clip(images[i].shape[1], images[i].shape[0])
+                if self.large_face_pass:
+                    det = self._redetect_large(images[i], det, scales[i])
+                out[i] = det
         return out  # type: ignore[return-value]
 
     def _detect_canvas(self, images: list[np.ndarray]) -> list[Detections]:
@@ -555,6 +567,31 @@ class RetinaFaceDetector:
             out.append(Detections(boxes_np[sel], sc_np[sel].clip(0, 1), lms_np[sel]))
         return out
 
+    def _redetect_large(self, image: np.ndarray, det: Detections, scale: float) -> Detections:
+        """Faces too large for the anchors, found again at a scale where they fit."""
+        if len(det) == 0:
+            return det
+        side = np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
+        if side.max() * scale <= LARGE_FACE:
+            return det
+        h, w = image.shape[:2]
+        s2 = scale * REDETECT_SIDE / (side.max() * scale)
+        small = cv2.resize(
+            image, (max(32, round(w * s2)), max(32, round(h * s2))), interpolation=cv2.INTER_AREA
+        )
+        (d2,) = self._detect_canvas([small])
+        sx, sy = small.shape[1] / w, small.shape[0] / h
+        factor = np.array([sx, sy], np.float32)
+        d2 = Detections(
+            d2.boxes / np.tile(factor, 2), d2.scores, d2.landmarks / factor
+        ).clip(w, h)
+        side2 = np.maximum(d2.boxes[:, 2] - d2.boxes[:, 0], d2.boxes[:, 3] - d2.boxes[:, 1])
+        big = d2.select(side2 * sx >= MIN_REDETECTED)
+        if len(big) == 0:
+            return det
+        overlap = box_iou(det.boxes, big.boxes).max(axis=1)
+        return Detections.concat([big, det.select(overlap < 0.2)])
+
     def provenance(self) -> dict[str, Any]:
         """Parameters and the sha256 of the weight file."""
         return {
@@ -565,6 +602,7 @@ class RetinaFaceDetector:
             "top_k": self.top_k,
             "keep_top_k": self.keep_top_k,
             "max_size": self.max_size,
+            "large_face_pass": self.large_face_pass,
             "exact_padding": self.exact_padding,
             "batch_pixels": self.batch_pixels,
             "pad_waste": self.pad_waste if math.isfinite(self.pad_waste) else None,
