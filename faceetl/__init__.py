@@ -18,7 +18,7 @@ from .weights import WeightsError, fetch, register_weights
 
 __version__ = "0.1.0"
 
-_LAZY = {"FaceDataset": "data", "stratified_split": "data", "read_fairface": "data", "train": "train"}
+_LAZY = {"FaceDataset": "data", "stratified_split": "data", "read_fairface": "data", "train": "train", "eval": "eval"}
 
 
 def __getattr__(name: str):

@@ -424,7 +424,7 @@ def widerface(
             continue
         idx, best = _image_match(pred, boxes)
         # scores are sorted descending: the detections reaching a threshold are a prefix
-        n_above = np.searchsorted(-pred[:, 4], -thresholds, side="left")
+        n_above = np.searchsorted(-pred[:, 4], -thresholds, side="right")
         for s in SETTINGS:
             pr[s] += _image_pr(idx, best, gt.keep[s][i], len(boxes), n_above, iou_thresh)
 
