@@ -7,6 +7,7 @@ hash differs from the registry's is refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -104,6 +105,31 @@ def _missing_message(wf: WeightFile, path: Path, why: str) -> str:
         f"downloaded ({why}). Get {wf.url} (sha256 {wf.sha256}) and put it at {path}, "
         f"or point FACEETL_HOME at a folder that holds it."
     )
+
+
+def packaged_model(filename: str) -> Path:
+    """A model file shipped in the ``face_recognition_models`` package (dlib's .dat models).
+
+    The package is located, not imported (its ``__init__`` needs ``pkg_resources``).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            f"face_recognition_models is not installed: it provides dlib's {filename} "
+            "(pip install face_recognition_models)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / filename
+    if not path.is_file():
+        raise WeightsError(f"{filename} not found at {path}")
+    return path
+
+
+@functools.cache
+def cached_sha256(path: str) -> str:
+    """sha256 of a file that does not change while the process runs (packaged models)."""
+    return sha256sum(path)
 
 
 def load_state_dict(path: str | os.PathLike, strip_prefix: str = "module.") -> dict:

@@ -14,16 +14,20 @@ Without upsampling the 37-pixel faces of those images are missed.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from faceetl.backends.base import Detections, register_backend
-from faceetl.weights import fetch, register_weights, sha256sum, weights_info
+from faceetl.weights import (
+    cached_sha256,
+    fetch,
+    packaged_model,
+    register_weights,
+    weights_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +50,8 @@ PREDICTOR_FILES = {
 
 
 def predictor_path(kind: str) -> Path:
-    """Path of dlib's ``kind``-point shape predictor in the face_recognition_models package.
-
-    The package is located, not imported (its ``__init__`` needs ``pkg_resources``).
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "face_recognition_models is not installed: it provides dlib's shape predictors "
-            "(pip install face_recognition_models)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / PREDICTOR_FILES[kind]
-    if not path.is_file():
-        raise RuntimeError(f"shape predictor not found at {path}")
-    return path
-
-
-@cache
-def _sha256(path: str) -> str:
-    return sha256sum(path)
+    """Path of dlib's ``kind``-point shape predictor in the face_recognition_models package."""
+    return packaged_model(PREDICTOR_FILES[kind])
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -129,7 +116,7 @@ class DlibDetector:
         if landmarks is not None:
             ppath = predictor_path(landmarks)
             self._predictor = dlib.shape_predictor(str(ppath))
-            self._weights[ppath.name] = _sha256(str(ppath))
+            self._weights[ppath.name] = cached_sha256(str(ppath))
         self._dlib = dlib
 
     def _detect(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:

@@ -28,9 +28,7 @@ Columns: ``embedding_vector`` (list<float32>) and ``embedding_network`` ("dlib" 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,8 +40,10 @@ from faceetl.align import AlignSpec
 from faceetl.predictors.base import default_device, register_predictor
 from faceetl.weights import (
     WeightsError,
+    cached_sha256,
     fetch,
     load_state_dict,
+    packaged_model,
     register_weights,
     sha256sum,
     weights_info,
@@ -84,22 +84,8 @@ def _check_network(network: str) -> str:
 
 
 def dlib_model_path() -> Path:
-    """Path of dlib's ResNet face descriptor in the face_recognition_models package (not imported)."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(
-            "face_recognition_models is not installed: it provides dlib's face recognition model "
-            f"{DLIB_MODEL_FILE} (pip install face_recognition_models)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / DLIB_MODEL_FILE
-    if not path.is_file():
-        raise WeightsError(f"dlib face recognition model not found at {path}")
-    return path
-
-
-@cache
-def _sha256(path: str) -> str:
-    return sha256sum(path)
+    """Path of dlib's ResNet face descriptor in the face_recognition_models package."""
+    return packaged_model(DLIB_MODEL_FILE)
 
 
 # -- FaceNet (InceptionResnetV1), module names as in facenet-pytorch so its state dict loads
@@ -315,7 +301,7 @@ class EmbeddingPredictor:
                 raise ValueError("weights= is for network='facenet'; dlib's model is packaged")
             path = dlib_model_path()
             self._model = dlib.face_recognition_model_v1(str(path))
-            self._weights = {path.name: _sha256(str(path))}
+            self._weights = {path.name: cached_sha256(str(path))}
             self.device = "cpu"  # dlib-bin is built without CUDA
             self.half = False
             self._version = str(getattr(dlib, "__version__", "unknown"))

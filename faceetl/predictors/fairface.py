@@ -139,51 +139,9 @@ def _torch_modules() -> tuple[Any, Any]:
 
 def build_resnet34(num_outputs: int = N_OUTPUTS) -> Any:
     """torchvision's ``resnet34()`` with ``fc = Linear(512, num_outputs)``, same state-dict keys."""
-    torch, nn = _torch_modules()
+    from ..nets import ResNet
 
-    class BasicBlock(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.relu = nn.ReLU(inplace=True)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.downsample = None
-            if stride != 1 or cin != cout:
-                self.downsample = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x: Any) -> Any:
-            idt = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return self.relu(out + idt)
-
-    class ResNet34(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU(inplace=True)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            cin = 64
-            for i, (cout, n) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), 1):
-                stride = 1 if i == 1 else 2
-                blocks = [BasicBlock(cin, cout, stride)]
-                blocks += [BasicBlock(cout, cout, 1) for _ in range(n - 1)]
-                setattr(self, f"layer{i}", nn.Sequential(*blocks))
-                cin = cout
-            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.fc = nn.Linear(512, num_outputs)
-
-        def forward(self, x: Any) -> Any:
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    return ResNet34()
+    return ResNet(34, num_classes=num_outputs)
 
 
 def load_model(path: str | os.PathLike) -> Any:

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from ..data import IGNORE_INDEX, FaceDataset
+from ..nets import ResNet
 
 log = logging.getLogger(__name__)
 
@@ -42,62 +43,9 @@ CHECKPOINT_VERSION = 1
 # --- backbones ----------------------------------------------------------------------------------
 
 
-class BasicBlock(nn.Module):
-    """ResNet basic block with torchvision's names (conv1, bn1, conv2, bn2, downsample)."""
-
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class ResNet18(nn.Module):
+def ResNet18() -> ResNet:  # noqa: N802 (a backbone constructor, named like the class it was)
     """ResNet-18 features (torchvision layout and key names, without ``fc``): (N, 512)."""
-
-    out_features = 512
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._layer(64, 64, 1)
-        self.layer2 = self._layer(64, 128, 2)
-        self.layer3 = self._layer(128, 256, 2)
-        self.layer4 = self._layer(256, 512, 2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    @staticmethod
-    def _layer(inplanes: int, planes: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(BasicBlock(inplanes, planes, stride), BasicBlock(planes, planes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+    return ResNet(18)
 
 
 class SmallCNN(nn.Module):
@@ -123,7 +71,7 @@ class SmallCNN(nn.Module):
         return torch.flatten(self.avgpool(self.features(x)), 1)
 
 
-BACKBONES: dict[str, type[nn.Module]] = {"resnet18": ResNet18, "small": SmallCNN}
+BACKBONES: dict[str, Any] = {"resnet18": ResNet18, "small": SmallCNN}
 
 
 def make_backbone(name: str) -> nn.Module:
