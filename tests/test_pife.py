@@ -86,7 +86,7 @@ def test_model_loads_once_per_worker(photo_tree, tmp_path):
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg")) * 1
     with Pife("dlib", 2, progress=False, partition_size=1) as pife:
         pife.extract(paths, tmp_path / "out")
-        loaded = pife._client.run(lambda: list(base._LOADED))
+        loaded = pife._client.run(lambda: base.REGISTRY.loaded())
     assert len(loaded) == 2
     assert all(len(v) <= 1 for v in loaded.values())  # one detector per worker at most
     assert sum(len(v) for v in loaded.values()) >= 1

@@ -142,5 +142,5 @@ def test_graph_carries_no_model():
 
     base.clear_cache()
     faces = extract_faces([str(IMAGES / "single" / "fr_obama_small.jpg")] * 50, backend="retinaface")
-    assert base._LOADED == {}
+    assert base.REGISTRY.loaded() == []
     assert len(cloudpickle.dumps(faces.__dask_graph__())) < 200_000

@@ -140,7 +140,7 @@ def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Ten
 def random_home(tmp_path, monkeypatch):
     """A FACEETL_HOME of its own holding random weights under the released file names."""
     monkeypatch.setenv("FACEETL_HOME", str(tmp_path))
-    monkeypatch.setattr(base, "_LOADED", {})  # no predictor loaded from another home
+    monkeypatch.setattr(base.REGISTRY, "_loaded", {})  # no predictor loaded from another home
     sd = random_state_dict(0)
     torch.save(sd, tmp_path / FILE7)
     torch.save(random_state_dict(1), tmp_path / FILE4)

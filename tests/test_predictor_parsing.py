@@ -122,7 +122,7 @@ def random_weights(faceetl_home: Path, monkeypatch: pytest.MonkeyPatch):
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     wf = weights.weights_info(parsing.WEIGHTS_NAME)
     monkeypatch.setitem(weights._WEIGHTS, parsing.WEIGHTS_NAME, dataclasses.replace(wf, sha256=sha))
-    monkeypatch.setattr(pbase, "_LOADED", {})  # no cached predictor outlives the test
+    monkeypatch.setattr(pbase.REGISTRY, "_loaded", {})  # no cached predictor outlives the test
     yield path, sd, sha
     path.unlink()
     if backup is not None:

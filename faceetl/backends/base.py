@@ -10,15 +10,13 @@ names; the pipeline asks :func:`get_backend` for a loaded detector by name.
 
 from __future__ import annotations
 
-import atexit
-import importlib
-import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from ..registry import Registry
 
 N_LANDMARKS = 5
 
@@ -114,46 +112,29 @@ class BackendSpec:
     gpu: bool  # benefits from a CUDA device
 
 
-_REGISTRY: dict[str, BackendSpec] = {}
-_LOADED: dict[tuple[str, str], Detector] = {}
-_LOCK = threading.Lock()
-_BUILTIN = ("opencv", "dlib", "mediapipe", "mtcnn", "retinaface", "ssd")
+REGISTRY: Registry[BackendSpec] = Registry(
+    "backend", "faceetl.backends", ("opencv", "dlib", "mediapipe", "mtcnn", "retinaface", "ssd")
+)
 
 
 def register_backend(name: str, *, workers: int, gpu: bool = False) -> Callable:
     """Class decorator: make a detector class available as ``name``."""
 
     def wrap(factory: Callable[..., Detector]) -> Callable[..., Detector]:
-        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
-            raise ValueError(f"backend {name!r} is already registered")
-        _REGISTRY[name] = BackendSpec(name, factory, workers, gpu)
-        factory.name = name
+        REGISTRY.add(BackendSpec(name, factory, workers, gpu))
         return factory
 
     return wrap
 
 
-def _import_builtin(name: str) -> None:
-    """Import the built-in backend module ``name`` (each one registers itself)."""
-    if name in _BUILTIN and name not in _REGISTRY:
-        importlib.import_module(f"faceetl.backends.{name}")
-
-
 def list_backends() -> list[str]:
     """Names of all registered backends."""
-    for name in _BUILTIN:
-        _import_builtin(name)
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def backend_spec(name: str) -> BackendSpec:
     """The registry entry for ``name`` (clear error for an unknown name)."""
-    _import_builtin(name)
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = sorted(set(_REGISTRY) | set(_BUILTIN))
-        raise ValueError(f"unknown backend {name!r}; choose one of {known}") from None
+    return REGISTRY.spec(name)
 
 
 def default_workers(name: str) -> int:
@@ -163,27 +144,9 @@ def default_workers(name: str) -> int:
 
 def get_backend(name: str, **params: Any) -> Detector:
     """The loaded detector for ``name`` and ``params``, loaded once per process."""
-    key = (name, json.dumps(params, sort_keys=True, default=str))
-    with _LOCK:
-        det = _LOADED.get(key)
-        if det is None:
-            det = backend_spec(name).factory(**params)
-            _LOADED[key] = det
-    return det
+    return REGISTRY.get(name, **params)
 
 
 def clear_cache() -> None:
     """Forget loaded detectors, closing those that hold native resources."""
-    with _LOCK:
-        loaded = list(_LOADED.values())
-        _LOADED.clear()
-    for det in loaded:
-        close = getattr(det, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:  # best effort: the process may be shutting down
-                pass
-
-
-atexit.register(clear_cache)  # release native graphs before the interpreter tears modules down
+    REGISTRY.clear()

@@ -9,9 +9,6 @@ maps a batch of RGB uint8 crops to those columns. Models load once per worker pr
 
 from __future__ import annotations
 
-import importlib
-import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -19,6 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from ..align import AlignSpec
+from ..registry import Registry
 
 
 @runtime_checkable
@@ -43,50 +41,32 @@ class PredictorSpec:
     gpu: bool
 
 
-_REGISTRY: dict[str, PredictorSpec] = {}
-_LOADED: dict[tuple[str, str], Predictor] = {}
-_LOCK = threading.Lock()
-_BUILTIN = ("fairface", "parsing", "embedding")
+REGISTRY: Registry[PredictorSpec] = Registry(
+    "model", "faceetl.predictors", ("fairface", "parsing", "embedding")
+)
 
 
 def register_predictor(name: str, *, gpu: bool = True) -> Callable:
     """Class decorator: make a predictor class available as ``name``."""
 
     def wrap(factory: Callable[..., Predictor]) -> Callable[..., Predictor]:
-        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
-            raise ValueError(f"predictor {name!r} is already registered")
-        _REGISTRY[name] = PredictorSpec(name, factory, gpu)
-        factory.name = name
+        REGISTRY.add(PredictorSpec(name, factory, gpu))
         return factory
 
     return wrap
 
 
 def predictor_spec(name: str) -> PredictorSpec:
-    if name in _BUILTIN and name not in _REGISTRY:
-        importlib.import_module(f"faceetl.predictors.{name}")
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = sorted(set(_REGISTRY) | set(_BUILTIN))
-        raise ValueError(f"unknown model {name!r}; choose one of {known}") from None
+    return REGISTRY.spec(name)
 
 
 def list_predictors() -> list[str]:
-    for name in _BUILTIN:
-        predictor_spec(name)
-    return sorted(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get_predictor(name: str, **params: Any) -> Predictor:
     """The loaded predictor for ``name`` and ``params``, loaded once per process."""
-    key = (name, json.dumps(params, sort_keys=True, default=str))
-    with _LOCK:
-        p = _LOADED.get(key)
-        if p is None:
-            p = predictor_spec(name).factory(**params)
-            _LOADED[key] = p
-    return p
+    return REGISTRY.get(name, **params)
 
 
 def output_columns(name: str, **params: Any) -> dict[str, Any]:
