@@ -82,7 +82,8 @@ class Pife:
         """Detect and align faces of ``paths``; write crops and ``faces.parquet`` to ``output_dir``.
 
         Crops go under ``output_dir`` mirroring the inputs' layout relative to their common folder.
-        Paths already in an earlier ``faces.parquet`` there are skipped; the returned pandas frame
+        Paths already in an earlier ``faces.parquet`` there are skipped (those that failed with an
+        ``error`` status are tried again); the returned pandas frame
         (without crop bytes: see ``crop_path``) is the whole manifest, old rows and new.
         """
         if in_worker_process():  # a guard-less script re-imported by a worker: do nothing there
@@ -95,8 +96,11 @@ class Pife:
         todo = todo.assign(path=todo["path"].map(os.fspath))
         root = common_root(todo["path"])
         old = schema.read_faces(manifest) if manifest.exists() else None
-        if old is not None:
-            todo = todo[~todo["path"].isin(set(old["path"]))]
+        if old is not None:  # done: paths with a result; paths that failed are tried again
+            failed = old["status"].str.startswith("error")
+            done = set(old.loc[~failed, "path"])
+            todo = todo[~todo["path"].isin(done)]
+            old = old[~old["path"].isin(set(todo["path"]))]
         if len(todo) == 0:
             log.info("nothing to do: every path is already in %s", manifest)
             return old if old is not None else schema.meta()

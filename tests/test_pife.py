@@ -56,8 +56,15 @@ def test_pife_extract_writes_crops_manifest_and_skips_done_work(photo_tree, tmp_
     assert (second.set_index("path").loc[str(photo_tree / "single" / "broken.jpg"), "status"]).startswith("error")
     assert sum(1 for _ in out.rglob("*.png")) >= n_files
     assert (second["status"] == "ok").sum() == 8  # 6 + 1 + 1 faces
-    third = Pife("dlib", 2, progress=False).extract(paths, out)  # all done: no cluster needed
-    assert len(third) == len(second)
+    third = Pife("dlib", 2, progress=False).extract(paths[:1], out)  # done: no cluster needed
+    assert third.equals(second)
+    # a file that failed is tried again once it is fixed
+    shutil.copy(IMAGES / "single" / "fr_obama_small.jpg", photo_tree / "single" / "broken.jpg")
+    with Pife("dlib", 2, progress=False) as pife:
+        fourth = pife.extract(paths, out)
+    fixed = fourth[fourth["path"] == str(photo_tree / "single" / "broken.jpg")]
+    assert list(fixed["status"]) == ["ok"] and len(fourth) == len(second)
+    assert not fourth.duplicated(["path", "face"]).any()
 
 
 def test_guardless_script_runs_once(photo_tree, tmp_path):
