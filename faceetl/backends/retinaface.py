@@ -395,6 +395,7 @@ class RetinaFaceDetector:
         device: str | None = None,
         half: bool = True,
         weights: str | None = None,
+        runtime: str = "torch",
     ) -> None:
         """Build and load the network.
 
@@ -414,6 +415,12 @@ class RetinaFaceDetector:
         batches); ``pad_waste=inf`` with a large ``batch_pixels`` gives one canvas per batch. ``weights``
         is an optional local state-dict path used instead of the registered release file.
         ``half`` enables fp16 autocast on CUDA.
+
+        ``runtime="onnx"`` runs the network in onnxruntime (CUDAExecutionProvider first when
+        available) on a graph exported once into ``$FACEETL_HOME/onnx`` (keyed by the weights'
+        sha256, the network and the opset); priors, decoding, NMS and the large-face pass are
+        the same code. The graph cannot mask padding, so with ``exact_padding`` every image runs
+        alone (a batch of one); without it mixed sizes share the mean-colour canvas unmasked.
         """
         network = _ALIASES.get(network, network)
         if network not in CONFIGS:
@@ -435,7 +442,10 @@ class RetinaFaceDetector:
         if batch_pixels is None:
             batch_pixels = 16_000_000 if self.device.type == "cuda" else 0
         self.batch_pixels = int(batch_pixels)
-        self.half = bool(half) and self.device.type == "cuda"
+        if runtime not in ("torch", "onnx"):
+            raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+        self.runtime = runtime
+        self.half = bool(half) and self.device.type == "cuda" and runtime == "torch"
 
         if weights is None:
             info = weights_info(CONFIGS[network]["weights"])
@@ -448,7 +458,15 @@ class RetinaFaceDetector:
             self._weights = {path.name: sha256sum(path)}
         self.model = RetinaFace(network)
         load_weights(self.model, path, network)
-        self.model.eval().to(self.device)
+        self.model.eval()
+        self._session: Any = None
+        if runtime == "onnx":
+            from faceetl.export import onnx_session, retinaface_onnx_cached
+
+            sha = next(iter(self._weights.values()))
+            onnx_path = retinaface_onnx_cached(self.model, network, sha)
+            self._session = onnx_session(onnx_path, device)
+        self.model.to(self.device)
         self._mean = torch.tensor(MEAN_BGR, dtype=torch.float32, device=self.device).view(
             1, 3, 1, 1
         )
@@ -480,6 +498,8 @@ class RetinaFaceDetector:
     def _groups(self, shapes: list[tuple[int, int]]) -> list[list[int]]:
         """Indices of the images that share one canvas (sorted by size, bounded padding)."""
         order = sorted(range(len(shapes)), key=lambda i: (shapes[i][0] * shapes[i][1], shapes[i]))
+        if self._session is not None and self.exact_padding:  # onnx cannot mask: one by one
+            return [[i] for i in order]
         groups: list[list[int]] = []
         cur: list[int] = []
         for i in order:
@@ -539,8 +559,12 @@ class RetinaFaceDetector:
         x = (x.permute(0, 3, 1, 2).float() - self._mean).contiguous()
         padded = any(s != (ch, cw) for s in shapes)
         valid = torch.tensor(shapes) if padded and self.exact_padding else None
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
-            loc, conf, ldm = self.model(x, valid)
+        if self._session is not None:
+            outs = self._session.run(["loc", "conf", "landmarks"], {"input": x.cpu().numpy()})
+            loc, conf, ldm = (torch.from_numpy(o).to(self.device) for o in outs)
+        else:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
+                loc, conf, ldm = self.model(x, valid)
         loc, scores, ldm = loc.float(), conf[..., 1].float(), ldm.float()
         priors = self._priors_for(ch, cw)
 
@@ -608,5 +632,6 @@ class RetinaFaceDetector:
             "pad_waste": self.pad_waste if math.isfinite(self.pad_waste) else None,
             "device": self.device.type,
             "fp16": self.half,
+            "runtime": self.runtime,
             "weights": dict(self._weights),
         }
