@@ -59,7 +59,9 @@ class Bottleneck(nn.Module):
 def _downsample(inplanes: int, outplanes: int, stride: int) -> nn.Sequential | None:
     if stride == 1 and inplanes == outplanes:
         return None
-    return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), nn.BatchNorm2d(outplanes))
+    return nn.Sequential(
+        nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), nn.BatchNorm2d(outplanes)
+    )
 
 
 LAYOUTS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {

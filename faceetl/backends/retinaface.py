@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceetl.backends.base import Detections, box_iou, register_backend
+from faceetl.nets import ResNet
 from faceetl.ops import batched_nms
 from faceetl.weights import (
     WeightsError,
@@ -119,56 +120,14 @@ class MobileNetBody(nn.Module):
         return [c1, c2, self.stage3(c2)]
 
 
-class Bottleneck(nn.Module):
-    """torchvision's ResNet bottleneck (stride on the 3x3 conv), same parameter names."""
-
-    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        cout = planes * 4
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
-
-
-class ResNet50Body(nn.Module):
-    """ResNet-50 up to layer4 with torchvision's names (conv1, bn1, layer1..layer4)."""
+class ResNet50Body(ResNet):
+    """ResNet-50 up to layer4 with torchvision's names; gives the layer2..layer4 outputs."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for i, (planes, blocks, stride) in enumerate(
-            [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], start=1
-        ):
-            layer = [Bottleneck(cin, planes, stride)]
-            cin = planes * 4
-            layer += [Bottleneck(cin, planes) for _ in range(blocks - 1)]
-            setattr(self, f"layer{i}", nn.Sequential(*layer))
+        super().__init__(50)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c2 = self.layer2(self.layer1(x))
-        c3 = self.layer3(c2)
-        return [c2, c3, self.layer4(c3)]
+        return self.stages(x)[1:]
 
 
 class FPN(nn.Module):
@@ -606,9 +565,7 @@ class RetinaFaceDetector:
         (d2,) = self._detect_canvas([small])
         sx, sy = small.shape[1] / w, small.shape[0] / h
         factor = np.array([sx, sy], np.float32)
-        d2 = Detections(
-            d2.boxes / np.tile(factor, 2), d2.scores, d2.landmarks / factor
-        ).clip(w, h)
+        d2 = Detections(d2.boxes / np.tile(factor, 2), d2.scores, d2.landmarks / factor).clip(w, h)
         side2 = np.maximum(d2.boxes[:, 2] - d2.boxes[:, 0], d2.boxes[:, 3] - d2.boxes[:, 1])
         big = d2.select(side2 * sx >= MIN_REDETECTED)
         if len(big) == 0:
