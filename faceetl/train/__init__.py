@@ -2,9 +2,11 @@
 
 ``faceetl.train.classifier(train, val, label_columns=[...])`` trains and returns
 ``(model, metrics)``; ``load_classifier`` reloads a checkpoint and ``predict`` runs a model over a
-:class:`faceetl.data.FaceDataset`.
+:class:`faceetl.data.FaceDataset`. ``faceetl.train.parsing`` trains BiSeNet face parsing on the
+CelebAMask-HQ layout.
 """
 
+from . import parsing
 from .classifier import (
     BACKBONES,
     MultiHeadClassifier,
@@ -18,6 +20,7 @@ from .classifier import (
 )
 
 __all__ = [
+    "parsing",
     "BACKBONES",
     "MultiHeadClassifier",
     "ResNet18",
