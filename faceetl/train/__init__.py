@@ -3,10 +3,10 @@
 ``faceetl.train.classifier(train, val, label_columns=[...])`` trains and returns
 ``(model, metrics)``; ``load_classifier`` reloads a checkpoint and ``predict`` runs a model over a
 :class:`faceetl.data.FaceDataset`. ``faceetl.train.parsing`` trains BiSeNet face parsing on the
-CelebAMask-HQ layout.
+CelebAMask-HQ layout; ``faceetl.train.retinaface`` trains RetinaFace on WIDER-layout annotations.
 """
 
-from . import parsing
+from . import parsing, retinaface
 from .classifier import (
     BACKBONES,
     MultiHeadClassifier,
@@ -21,6 +21,7 @@ from .classifier import (
 
 __all__ = [
     "parsing",
+    "retinaface",
     "BACKBONES",
     "MultiHeadClassifier",
     "ResNet18",
