@@ -49,6 +49,21 @@ def _script_not_reimported() -> Iterator[None]:
         main.__file__ = saved
 
 
+def _worker_environ() -> dict[str, Any]:
+    """Dask's environment for new workers, without ``MALLOC_TRIM_THRESHOLD_``.
+
+    Setting that variable turns off glibc's adaptive mmap threshold, so every large tensor or
+    image buffer is a fresh mmap with page faults: measured here, a RetinaFace worker ran at
+    3.9 img/s with it and 6.0 without (6.2 in a plain process). Thread caps stay (one thread
+    per worker process).
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
+
+
 def cluster(
     backend: str | None = None,
     concurrency: int | None = None,
@@ -70,7 +85,12 @@ def cluster(
     n = concurrency or (spec.workers if spec else None)
     ngpu = cuda_device_count()
     use_gpu = (ngpu > 0 and (spec is None or spec.gpu)) if gpu is None else gpu
-    with _script_not_reimported():
+    import dask
+
+    with (
+        _script_not_reimported(),
+        dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}),
+    ):
         if use_gpu:
             try:
                 from dask_cuda import LocalCUDACluster
@@ -93,5 +113,7 @@ def cluster(
     client = Client(lc)
     if not quiet:
         kind = "GPU (dask-cuda)" if use_gpu else "CPU"
-        print(f"faceetl: {kind} cluster with {len(lc.workers)} workers; dashboard: {client.dashboard_link}")
+        print(
+            f"faceetl: {kind} cluster with {len(lc.workers)} workers; dashboard: {client.dashboard_link}"
+        )
     return client
