@@ -31,12 +31,13 @@ from torch.utils.data import DataLoader
 
 from ..data import IGNORE_INDEX, FaceDataset
 from ..nets import ResNet
+from ._common import LAST, autocast, checkpoint_file, plain, save
+from ._common import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LAST = "last.pt"
 CHECKPOINT_VERSION = 1
 
 
@@ -200,11 +201,6 @@ class _Tally:
         return self.correct[c] / self.count[c] if self.count[c] else math.nan
 
 
-def _autocast(device: torch.device, amp: bool):
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
-
-
 @torch.no_grad()
 def evaluate(
     model: MultiHeadClassifier,
@@ -229,33 +225,11 @@ def evaluate(
     for x, labels in loader:
         x = x.to(device, non_blocking=True)
         y = _targets(labels, cols, device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             out = model(x)
         tally.add(_loss(out, y), out, y)
     model.train(was_training)
     return {"loss": tally.mean_loss(), **{f"acc_{c}": tally.acc(c) for c in cols}}
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _plain(v: Any) -> Any:
-    """Checkpoint-safe (weights_only) Python values: numpy scalars and NaN-free containers."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
-def _checkpoint_file(checkpoint: str | os.PathLike) -> Path:
-    p = Path(checkpoint)
-    return p / LAST if p.is_dir() else p
 
 
 def classifier(
@@ -333,7 +307,7 @@ def classifier(
             rows = [dict(r) for r in ck.get("metrics", [])]
             log.info("resuming from %s at epoch %d of %d", ckdir / LAST, start + 1, epochs)
 
-    config = _plain(
+    config = plain(
         {
             "backbone": backbone,
             "label_columns": cols,
@@ -359,11 +333,11 @@ def classifier(
             generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
         )  # fmt: skip
         tally = _Tally(cols)
-        bar = _progress(loader, progress, f"epoch {epoch + 1}/{epochs}")
+        bar = progress_bar(loader, progress, f"epoch {epoch + 1}/{epochs}")
         for x, labels in bar:
             x = x.to(dev, non_blocking=True)
             y = _targets(labels, cols, dev)
-            with _autocast(dev, amp):
+            with autocast(dev, amp):
                 out = model(x)
             loss = _loss(out, y)
             opt.zero_grad(set_to_none=True)
@@ -381,7 +355,7 @@ def classifier(
             row.update({f"val_acc_{c}": ev[f"acc_{c}"] for c in cols})
         row["lr"] = opt.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
-        rows.append(_plain(row))
+        rows.append(plain(row))
         log.info("epoch %d/%d: %s", epoch + 1, epochs, row)
         if ckdir is not None:
             ck = {
@@ -392,13 +366,13 @@ def classifier(
                 "epoch": epoch + 1,
                 "backbone": backbone,
                 "label_columns": cols,
-                "classes": _plain(classes),
+                "classes": plain(classes),
                 "dropout": dropout,
                 "metrics": rows,
                 "config": config,
             }
-            _save(ck, ckdir / f"epoch_{epoch + 1:03d}.pt")
-            _save(ck, ckdir / LAST)
+            save(ck, ckdir / f"epoch_{epoch + 1:03d}.pt")
+            save(ck, ckdir / LAST)
     model.eval()
     return model, pd.DataFrame(rows)
 
@@ -425,14 +399,6 @@ def _check_compatible(ck: Mapping[str, Any], backbone: str, classes: Mapping, pa
         )
 
 
-def _progress(it: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc, unit="batch", leave=True)
-
-
 # --- loading and predicting ---------------------------------------------------------------------
 
 
@@ -440,7 +406,7 @@ def load_classifier(
     checkpoint: str | os.PathLike, device: str | torch.device | None = "cpu"
 ) -> tuple[MultiHeadClassifier, dict[str, list[Any]]]:
     """``(model, classes)`` from a checkpoint file or a checkpoint folder (its ``last.pt``)."""
-    path = _checkpoint_file(checkpoint)
+    path = checkpoint_file(checkpoint)
     dev = _default_device(device)
     ck = torch.load(path, map_location=dev, weights_only=True)
     model = MultiHeadClassifier(ck["backbone"], ck["classes"], dropout=ck.get("dropout", 0.0))
@@ -478,8 +444,8 @@ def predict(
         pin_memory=dev.type == "cuda",
     )  # fmt: skip
     probs: dict[str, list[np.ndarray]] = {c: [] for c in model.label_columns}
-    for x, _ in _progress(loader, progress, "predict"):
-        with _autocast(dev, amp):
+    for x, _ in progress_bar(loader, progress, "predict"):
+        with autocast(dev, amp):
             out = model(x.to(dev, non_blocking=True))
         for c in model.label_columns:
             probs[c].append(out[c].float().softmax(1).cpu().numpy())

@@ -60,30 +60,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..predictors.parsing import MEAN, STD, build_bisenet, load_bisenet, parsing_classes
+from ._common import LAST, autocast, checkpoint_file, plain, save
+from ._common import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
 #: the CelebAMask-HQ parts in face-parsing.PyTorch's merge order; label = index + 1
-PARTS: tuple[str, ...] = (
-    "skin",
-    "l_brow",
-    "r_brow",
-    "l_eye",
-    "r_eye",
-    "eye_g",
-    "l_ear",
-    "r_ear",
-    "ear_r",
-    "nose",
-    "mouth",
-    "u_lip",
-    "l_lip",
-    "neck",
-    "neck_l",
-    "cloth",
-    "hair",
-    "hat",
-)
+PARTS: tuple[str, ...] = parsing_classes[1:]
 #: the order of CelebAMask-HQ's own g_mask.py ("list2"), for reproducing its label maps
 G_MASK_PARTS: tuple[str, ...] = (
     "skin",
@@ -121,7 +104,6 @@ IMAGE_DIRS = ("CelebA-HQ-img", "images", "imgs", "img")
 ANNO_DIR = "CelebAMask-HQ-mask-anno"
 LABEL_DIRS = ("mask", "masks", "labels", "CelebAMask-HQ-mask", "CelebAMaskHQ-mask")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-LAST = "last.pt"
 CHECKPOINT_VERSION = 1
 
 # flip lookup table: label -> label of the mirrored pixel
@@ -660,8 +642,8 @@ def evaluate(
         pin_memory=dev.type == "cuda",
     )  # fmt: skip
     cm = np.zeros((N_CLASSES, N_CLASSES), np.int64)
-    for x, y in _progress(loader, progress, "evaluate"):
-        with _autocast(dev, amp):
+    for x, y in progress_bar(loader, progress, "evaluate"):
+        with autocast(dev, amp):
             logits = model(x.to(dev, non_blocking=True))
         cm += confusion_matrix(logits.argmax(1), y.to(dev))
     model.train(was_training)
@@ -677,25 +659,6 @@ def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device, amp: bool):
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
-
-
-def _progress(it: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc, unit="batch", leave=True)
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _alias(src: Path, dst: Path) -> None:
     """Make ``dst`` hold ``src``'s content: a hard link where possible (no second write)."""
     tmp = dst.with_name(dst.name + ".tmp")
@@ -707,24 +670,6 @@ def _alias(src: Path, dst: Path) -> None:
 
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-
-
-def _plain(v: Any) -> Any:
-    """Checkpoint-safe (weights_only) Python values."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    return v
-
-
-def _checkpoint_file(checkpoint: str | os.PathLike) -> Path:
-    p = Path(checkpoint)
-    return p / LAST if p.is_dir() else p
 
 
 def train(
@@ -799,7 +744,7 @@ def train(
     scaler = torch.amp.GradScaler(dev.type, enabled=amp and dev.type == "cuda")
     criterion = OhemCELoss(ohem_thresh, None, IGNORE_LABEL)
 
-    config = _plain(
+    config = plain(
         {
             "arch": "BiSeNet (face-parsing.PyTorch)",
             "classes": list(CLASSES),
@@ -858,7 +803,7 @@ def train(
         )  # fmt: skip
         total = main = 0.0
         n = 0
-        bar = _progress(loader, progress, f"epoch {epoch + 1}/{epochs}")
+        bar = progress_bar(loader, progress, f"epoch {epoch + 1}/{epochs}")
         base_lr = learning_rate(it, lr, max_iter, warmup, warmup_start_lr, power)
         for x, y in bar:
             base_lr = learning_rate(it, lr, max_iter, warmup, warmup_start_lr, power)
@@ -866,7 +811,7 @@ def train(
                 g["lr"] = base_lr * g.get("lr_mul", 1.0)
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
-            with _autocast(dev, amp):
+            with autocast(dev, amp):
                 out, out16, out32 = forward_heads(model, x)
             lp = criterion(out, y)
             loss = lp + aux_weight * (criterion(out16, y) + criterion(out32, y))
@@ -893,7 +838,7 @@ def train(
             row["val_miou"] = ev["miou"]
             row["val_pixel_accuracy"] = ev["pixel_accuracy"]
         row["seconds"] = time.perf_counter() - t0
-        rows.append(_plain(row))
+        rows.append(plain(row))
         log.info("epoch %d/%d: %s", epoch + 1, epochs, row)
         if ckdir is not None:
             ck = {
@@ -908,10 +853,10 @@ def train(
                 "config": config,
             }
             if keep_epochs:
-                _save(ck, ckdir / f"epoch_{epoch + 1:03d}.pt")
+                save(ck, ckdir / f"epoch_{epoch + 1:03d}.pt")
                 _alias(ckdir / f"epoch_{epoch + 1:03d}.pt", ckdir / LAST)
             else:
-                _save(ck, ckdir / LAST)
+                save(ck, ckdir / LAST)
     model.eval()
     return model, pd.DataFrame(rows)
 
@@ -920,7 +865,7 @@ def load_model(
     checkpoint: str | os.PathLike, device: str | torch.device | None = "cpu"
 ) -> nn.Module:
     """The BiSeNet of a checkpoint file or folder (its ``last.pt``), or of a bare state dict."""
-    net = load_bisenet(_checkpoint_file(checkpoint))
+    net = load_bisenet(checkpoint_file(checkpoint))
     return net.to(_default_device(device)).eval()
 
 
@@ -929,7 +874,7 @@ def export_weights(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Pa
     net = load_model(checkpoint)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _save(net.state_dict(), out)
+    save(net.state_dict(), out)
     return out
 
 

@@ -55,6 +55,8 @@ from ..backends.retinaface import (
 )
 from ..io import load_image
 from ..weights import WeightsError, fetch, list_weights, load_state_dict, weights_info
+from ._common import LAST, autocast, plain, save
+from ._common import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,6 @@ PUBLISHED: dict[str, dict[str, Any]] = {
     "resnet50": {"image_size": 840, "batch_size": 24, "epochs": 100, "decay": (70, 90)},
 }
 WIDER_ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
-LAST = "last.pt"
 CHECKPOINT_VERSION = 1
 _INTERPOLATIONS = (
     cv2.INTER_LINEAR,
@@ -885,7 +886,7 @@ def evaluate_loss(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
     )
     for x, targets in loader:
-        with _autocast(dev, amp):
+        with autocast(dev, amp):
             out = net(x.to(dev, non_blocking=True))
         lo = crit(out, priors, targets)
         b = len(targets)
@@ -899,38 +900,6 @@ def evaluate_loss(
 
 
 # ============================================================================ training
-
-
-def _autocast(device: torch.device, amp: bool):
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _plain(v: Any) -> Any:
-    """Checkpoint-safe (weights_only) Python values."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, Path):
-        return os.fspath(v)
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
-def _progress(it: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc, unit="batch", leave=True)
 
 
 def _as_dataset(
@@ -1140,7 +1109,7 @@ def _spawn_entry(
     try:
         model, metrics = _train_process(cfg, rank, world_size)
         if rank == 0:
-            _save(
+            save(
                 {"state_dict": model.state_dict(), "metrics": metrics.to_dict("records")},
                 Path(result),
             )
@@ -1223,7 +1192,7 @@ def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[RetinaFace
         elif main and (ckdir / LAST).is_file():
             log.warning("resume=False: checkpoints in %s will be overwritten", ckdir)
 
-    config = _plain(
+    config = plain(
         {k: v for k, v in cfg.__dict__.items() if k not in ("dataset", "val")}
         | {
             "image_size": ds.image_size,
@@ -1253,14 +1222,14 @@ def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[RetinaFace
             )  # fmt: skip
         sums = torch.zeros(6, dtype=torch.float64)  # loss, loc, conf, landm, images, skipped
         lr = cfg.lr
-        bar = _progress(loader, cfg.progress and main, f"epoch {epoch + 1}/{cfg.epochs}")
+        bar = progress_bar(loader, cfg.progress and main, f"epoch {epoch + 1}/{cfg.epochs}")
         for it, (x, targets) in enumerate(bar):
             iteration = epoch * epoch_size + it
             lr = learning_rate(iteration, cfg.lr, milestone_its, cfg.gamma, warmup_its)
             for g in opt.param_groups:
                 g["lr"] = lr
             x = x.to(dev, non_blocking=True)
-            with _autocast(dev, amp):
+            with autocast(dev, amp):
                 out = net(x)
             lo = crit(out, priors, targets)
             loss = lo.total(cfg.loc_weight)
@@ -1305,7 +1274,7 @@ def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[RetinaFace
                 cfg.neg_pos_ratio, cfg.num_workers,
             )  # fmt: skip
             row.update({f"val_{k}": v for k, v in ev.items()})
-        rows.append(_plain(row))
+        rows.append(plain(row))
         if main:
             log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, row)
         if ckdir is not None and main:
@@ -1321,8 +1290,8 @@ def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[RetinaFace
                 "metrics": rows,
                 "config": config,
             }
-            _save(ck, ckdir / f"epoch_{epoch + 1:03d}.pt")
-            _save(ck, ckdir / LAST)
+            save(ck, ckdir / f"epoch_{epoch + 1:03d}.pt")
+            save(ck, ckdir / LAST)
             if cfg.keep_checkpoints is not None:
                 old = sorted(ckdir.glob("epoch_*.pt"))[: -max(cfg.keep_checkpoints, 1)]
                 for p in old:
@@ -1330,7 +1299,7 @@ def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[RetinaFace
         if distributed:
             dist.barrier()
     if ckdir is not None and main:
-        _save(dict(model.state_dict()), ckdir / f"{cfg.network}_Final.pth")
+        save(dict(model.state_dict()), ckdir / f"{cfg.network}_Final.pth")
     model.eval()
     return model, pd.DataFrame(rows)
 
