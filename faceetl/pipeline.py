@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import schema
 from .align import AlignSpec, estimate_transform, warp
-from .backends.base import Detections, get_backend
+from .backends.base import Detections, backend_spec, get_backend
 from .io import ImageError, encode_png, load_image
 
 log = logging.getLogger(__name__)
@@ -252,8 +252,6 @@ def extract_faces(
     there, mirroring the inputs' layout below ``crop_root``; ``keep_crops=False`` leaves the
     ``crop`` bytes out of the frame.
     """
-    from .backends.base import backend_spec
-
     backend_spec(backend)  # unknown names fail here, not on the workers
     spec = AlignSpec(template, size, padding)
     ddf = paths if isinstance(paths, dd.DataFrame) and "path" in paths.columns else read_images(paths)
