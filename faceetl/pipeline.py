@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,11 @@ def _face_rows(
 
 
 def _detect_isolating(detector: Any, images: list[np.ndarray]) -> list[Detections | Exception]:
-    """Detect a batch; if the batch fails, retry image by image so one bad image costs one row."""
+    """Detect a batch; if it fails, detect each half again (bisection).
+
+    A batch that runs out of (GPU) memory is retried in halves, and one image that makes the
+    backend fail costs one error row, not its batch.
+    """
     try:
         out = detector.detect_batch(images)
         if len(out) != len(images):
@@ -171,7 +176,17 @@ def _detect_isolating(detector: Any, images: list[np.ndarray]) -> list[Detection
     except Exception as batch_error:
         if len(images) == 1:
             return [batch_error]
-        return [r for im in images for r in _detect_isolating(detector, [im])]
+        if "out of memory" in str(batch_error).lower():
+            _free_device_memory()
+        half = len(images) // 2
+        return _detect_isolating(detector, images[:half]) + _detect_isolating(detector, images[half:])
+
+
+def _free_device_memory() -> None:
+    """Return cached CUDA memory after an out-of-memory error (when torch is in use)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def extract_partition(

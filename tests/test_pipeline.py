@@ -144,3 +144,16 @@ def test_graph_carries_no_model():
     faces = extract_faces([str(IMAGES / "single" / "fr_obama_small.jpg")] * 50, backend="retinaface")
     assert base.REGISTRY.loaded() == []
     assert len(cloudpickle.dumps(faces.__dask_graph__())) < 200_000
+
+
+def test_a_failing_image_costs_only_its_own_row():
+    """The batch is bisected: the image the backend refuses gets an error, the others results."""
+    from faceetl.backends.base import get_backend
+    from faceetl.io import load_image
+    from faceetl.pipeline import _detect_isolating
+
+    good = load_image(IMAGES / "single" / "fr_obama_small.jpg")
+    bad = good.astype(np.float32)  # RetinaFace refuses anything but RGB uint8
+    out = _detect_isolating(get_backend("retinaface"), [good, good, bad, good, good])
+    assert [type(o).__name__ for o in out] == ["Detections"] * 2 + ["ValueError"] + ["Detections"] * 2
+    assert all(len(o) == 1 for i, o in enumerate(out) if i != 2)
