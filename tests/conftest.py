@@ -15,7 +15,9 @@ IMAGES = SHARED / "images"
 ANNOTATIONS = SHARED / "annotations"
 
 if not (SHARED / "weights").is_dir():
-    raise RuntimeError(f"test data not found at {SHARED}: the tests need ../shared beside the checkout")
+    raise RuntimeError(
+        f"test data not found at {SHARED}: the tests need ../shared beside the checkout"
+    )
 
 # no test may touch the network: weights come from the temporary home below
 os.environ["FACEETL_OFFLINE"] = "1"
@@ -93,3 +95,15 @@ def wider_gt() -> dict[str, np.ndarray]:
         boxes[:, 2:] += boxes[:, :2]
         out[Path(d["image"]).name] = boxes
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (training tests: on a busy 2-core machine two threads
+    ran up to 5x slower), restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

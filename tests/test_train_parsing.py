@@ -31,6 +31,8 @@ IDS = (0, 1, 2, 1999, 2000, 2001)
 SIZE = 128  # training resolution (CPU)
 CROP = 112
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # ---------------------------------------------------------------- building the tiny dataset
 def variants(rgb: np.ndarray) -> list[np.ndarray]:
@@ -93,13 +95,6 @@ def part_masks(p: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     return {k: v for k, v in masks.items() if v.any()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train on one thread: on a shared 2-core machine two threads ran up to 5x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

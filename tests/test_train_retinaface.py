@@ -31,13 +31,9 @@ WIDER_TXT = ANNOTATIONS / "wider" / "shared_wider_val_gt.txt"
 PASCAL_XML = ANNOTATIONS / "dlib_pascal" / "training_with_face_landmarks.xml"
 log = logging.getLogger(__name__)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+
 
 
 @pytest.fixture(scope="module")
