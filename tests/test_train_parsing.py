@@ -95,8 +95,6 @@ def part_masks(p: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     return {k: v for k, v in masks.items() if v.any()}
 
 
-
-
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
     """A CelebAMask-HQ release layout in tmp; returns (root, {id: part masks})."""

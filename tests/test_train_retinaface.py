@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
-
 @pytest.fixture(scope="module")
 def shared_annotations() -> list[rt.ImageAnnotation]:
     """The 6 shared photos: WIDER GT boxes (no landmarks), PASCAL boxes + 68->5 landmarks.
