@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import schema
 from .align import AlignSpec, estimate_transform, warp
-from .backends.base import Detections, backend_spec, get_backend
+from .backends.base import REGISTRY, Detections, backend_spec, get_backend
 from .io import ImageError, encode_png, load_image
 
 log = logging.getLogger(__name__)
@@ -199,11 +199,17 @@ def extract_partition(
     crop_root: str | None = None,
     keep_crops: bool = True,
     max_pixels: int | None = None,
+    plugin: Any = None,
 ) -> pd.DataFrame:
-    """Faces of one partition of paths (a pandas frame with a ``path`` column) in the schema."""
+    """Faces of one partition of paths (a pandas frame with a ``path`` column) in the schema.
+
+    ``plugin``: the registry entry of a backend registered outside faceetl (see
+    ``Registry.plugin``), so that worker processes know it.
+    """
     carried_cols = [c for c in part.columns if c != "path"]
     if len(part) == 0:
         return schema.meta(part[carried_cols])
+    REGISTRY.ensure(plugin)
     detector = get_backend(backend, **backend_params)
     prov = json.dumps(
         {"backend": detector.provenance(), "align": spec.__dict__}, sort_keys=True, default=str
@@ -282,6 +288,7 @@ def extract_faces(
         crop_root=None if crop_root is None else os.fspath(crop_root),
         keep_crops=keep_crops,
         max_pixels=max_pixels,
+        plugin=REGISTRY.plugin(backend),
         meta=meta,
         clear_divisions=True,
     )

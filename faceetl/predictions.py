@@ -18,10 +18,12 @@ import pandas as pd
 from . import schema
 from .align import estimate_transform, warp
 from .io import decode_png, load_image
-from .predictors.base import get_predictor, output_columns, predictor_spec
+from .predictors.base import REGISTRY, get_predictor, output_columns, predictor_spec
 
 
-def _crops_for(part: pd.DataFrame, rows: np.ndarray, spec: Any) -> dict[int, np.ndarray | Exception]:
+def _crops_for(
+    part: pd.DataFrame, rows: np.ndarray, spec: Any
+) -> dict[int, np.ndarray | Exception]:
     """RGB crops for the ok rows of ``part`` (by position), as the predictor wants them."""
     out: dict[int, np.ndarray | Exception] = {}
     if spec is None:
@@ -52,9 +54,13 @@ def _crops_for(part: pd.DataFrame, rows: np.ndarray, spec: Any) -> dict[int, np.
 
 
 def predict_partition(
-    part: pd.DataFrame, model: str, params: dict[str, Any], batch_size: int = 32
+    part: pd.DataFrame, model: str, params: dict[str, Any], batch_size: int = 32, plugin: Any = None
 ) -> pd.DataFrame:
-    """``part`` with the predictor's columns appended (one partition of a face DataFrame)."""
+    """``part`` with the predictor's columns appended (one partition of a face DataFrame).
+
+    ``plugin``: the registry entry of a predictor registered outside faceetl, for workers.
+    """
+    REGISTRY.ensure(plugin)
     cols = output_columns(model, **params)
     values: dict[str, list] = {c: [None] * len(part) for c in cols}
     model_cols = [c for c in cols if c != f"{model}_provenance"]
@@ -86,8 +92,12 @@ def predict(faces: dd.DataFrame | pd.DataFrame, model: str, batch_size: int = 32
     cols = output_columns(model, **params)
     clash = sorted(set(cols) & set(faces.columns))
     if clash:
-        raise ValueError(f"columns {clash} exist already: predictions of {model!r} were added before")
+        raise ValueError(
+            f"columns {clash} exist already: predictions of {model!r} were added before"
+        )
     meta = faces._meta.copy()
     for c, dtype in cols.items():
         meta[c] = pd.Series([], dtype=dtype)
-    return faces.map_partitions(predict_partition, model, dict(params), batch_size, meta=meta)
+    return faces.map_partitions(
+        predict_partition, model, dict(params), batch_size, REGISTRY.plugin(model), meta=meta
+    )

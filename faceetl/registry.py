@@ -49,6 +49,17 @@ class Registry(Generic[S]):
             known = sorted(set(self._specs) | set(self.builtin))
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {known}") from None
 
+    def plugin(self, name: str) -> S | None:
+        """What to send to worker processes so they know ``name``: None for a built-in entry
+        (they import it by name), else its spec (the class travels; the model loads there)."""
+        spec = self.spec(name)
+        return None if name in self.builtin else spec
+
+    def ensure(self, spec: S | None) -> None:
+        """Register ``spec`` (from :meth:`plugin`) in this process if it is not known yet."""
+        if spec is not None and spec.name not in self._specs:
+            self.add(spec)
+
     def names(self) -> list[str]:
         for name in self.builtin:
             self.spec(name)

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import IMAGES
 from faceetl import Pife, read_faces
-from faceetl.backends.base import default_workers, list_backends
+from faceetl.backends import base
+from faceetl.backends.base import default_workers, get_backend, list_backends, register_backend
 
 PHOTOS = ["single/fr_obama_small.jpg", "group/facenet_multiface.jpg", "single/deepface_img5.jpg"]
 
@@ -88,8 +89,6 @@ def test_guardless_script_runs_once(photo_tree, tmp_path):
 
 
 def test_model_loads_once_per_worker(photo_tree, tmp_path):
-    from faceetl.backends import base
-
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg")) * 1
     with Pife("dlib", 2, progress=False, partition_size=1) as pife:
         pife.extract(paths, tmp_path / "out")
@@ -111,3 +110,28 @@ def test_quickstart_example_runs():
     assert "faces.parquet" in r.stdout
     df = read_faces(os.path.join(root, "examples", "output", "faces.parquet"))
     assert (df["status"] == "ok").sum() >= 10 and (df["status"] == "ok").all()
+
+
+@register_backend("dlib_no_upsample", workers=2)
+class NoUpsampleDlib:
+    """A backend registered outside faceetl (here: dlib without upsampling), as a user writes one."""
+
+    def __init__(self) -> None:
+        self._dlib = get_backend("dlib", upsample=0)
+
+    def detect_batch(self, images):
+        return self._dlib.detect_batch(images)
+
+    def provenance(self) -> dict:
+        return {"wraps": self._dlib.provenance()}
+
+
+def test_backend_registered_outside_faceetl_runs_on_workers(photo_tree, tmp_path):
+    paths = sorted(str(p) for p in photo_tree.rglob("*.jpg"))
+    with Pife("dlib_no_upsample", progress=False) as pife:
+        assert pife.concurrency == 2
+        df = pife.extract(paths, tmp_path / "out")
+        on_workers = pife._client.run(lambda: base.REGISTRY.loaded())
+    assert set(df["backend"]) == {"dlib_no_upsample"}
+    assert (df["status"] == "ok").sum() >= 6  # the large faces; upsample=0 misses small ones
+    assert any(name == "dlib_no_upsample" for v in on_workers.values() for name, _ in v)
