@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from conftest import IMAGES
-from faceetl import Pife, read_faces
+from faceetl import Pife, read_faces, register_predictor
 from faceetl.backends import base
 from faceetl.backends.base import default_workers, get_backend, list_backends, register_backend
 
@@ -135,3 +135,35 @@ def test_backend_registered_outside_faceetl_runs_on_workers(photo_tree, tmp_path
     assert set(df["backend"]) == {"dlib_no_upsample"}
     assert (df["status"] == "ok").sum() >= 6  # the large faces; upsample=0 misses small ones
     assert any(name == "dlib_no_upsample" for v in on_workers.values() for name, _ in v)
+
+
+@register_predictor("brightness_test", gpu=False)
+class CropBrightness:
+    """A predictor registered outside faceetl: the mean of each crop."""
+
+    align = None
+    columns = {"brightness_test_mean": "float64"}
+
+    def predict_batch(self, crops):
+        return {"brightness_test_mean": [float(c.mean()) for c in crops]}
+
+    def provenance(self) -> dict:
+        return {"model": "mean of the crop"}
+
+
+def test_predictor_registered_outside_faceetl_runs_on_workers(photo_tree):
+    import faceetl
+
+    paths = sorted(str(p) for p in photo_tree.rglob("*.jpg"))
+    client = faceetl.cluster(concurrency=1, dashboard_address=None, quiet=True)
+    try:
+        faces = faceetl.extract_faces(paths, backend="dlib")
+        df = faceetl.compute(faceetl.predict(faces, model="brightness_test"), progress=False)
+    finally:
+        client.close()
+        client.cluster.close()
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == 8 and ok["brightness_test_mean"].notna().all()
+    for crop, value in zip(ok["crop"], ok["brightness_test_mean"], strict=True):
+        assert value == faceetl.decode_png(bytes(crop)).mean()
+    assert df.loc[df["status"] != "ok", "brightness_test_mean"].isna().all()
