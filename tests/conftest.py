@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faceetl.backends.base import box_iou as iou  # noqa: F401 (tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEETL_SHARED", ROOT.parent / "shared"))
 IMAGES = SHARED / "images"
@@ -45,18 +47,11 @@ def load_rgb(path: str | Path) -> np.ndarray:
     return load_image(path)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes a (N,4) and b (M,4), x1 y1 x2 y2."""
-    a = np.asarray(a, float).reshape(-1, 4)
-    b = np.asarray(b, float).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+def assert_boxes_inside(boxes: np.ndarray, image: np.ndarray) -> None:
+    """Every box lies within the image and has positive width and height."""
+    h, w = image.shape[:2]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    assert (boxes[:, 2:] > boxes[:, :2]).all()
 
 
 def recall(pred: np.ndarray, gt: np.ndarray, thr: float = 0.5) -> float:

@@ -11,7 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ANNOTATIONS, IMAGES, dlib_pascal_boxes, iou, load_rgb, recall
+from conftest import (
+    ANNOTATIONS,
+    IMAGES,
+    assert_boxes_inside,
+    dlib_pascal_boxes,
+    iou,
+    load_rgb,
+    recall,
+)
 from faceetl.backends.base import Detections, default_workers, get_backend
 from faceetl.backends.opencv import find_eyes
 
@@ -148,13 +156,7 @@ def test_aligned_crops_inside_image(det):
     res = det.detect_batch(imgs)
     assert sum(len(r) > 0 for r in res) >= 5  # measured: 6 of 7 crops
     for img, r in zip(imgs, res, strict=True):
-        h, w = img.shape[:2]
-        assert (
-            (r.boxes[:, :2] >= 0).all()
-            and (r.boxes[:, 2] <= w).all()
-            and (r.boxes[:, 3] <= h).all()
-        )
-        assert (r.boxes[:, 2:] > r.boxes[:, :2]).all()
+        assert_boxes_inside(r.boxes, img)
 
 
 def test_black_image_and_mixed_batch_in_order(det):
