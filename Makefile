@@ -1,12 +1,12 @@
 # make demo: fresh machine -> .venv, install, run examples/quickstart.py on the bundled photos
-# make test: the test suite (what CI runs)
+# make test: the test suite (what CI runs); make test-fast: the same without the tests marked slow
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # a CPU wheel here; GPU machines keep the torch they have (pyproject allows torch>=2.4)
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint clean weights
+.PHONY: install demo test test-fast lint clean weights
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: install weights
 
 test: install
 	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check faceetl tests examples benchmarks

@@ -7,7 +7,7 @@ For each backend, on the same images (the shared group and single-face photos, r
   processes.
 Both are timed on their second pass over the images (models loaded, per-shape kernels warm).
 It prints faces found per group photo, images/s of both and their ratio, and the eye-centre
-agreement between backends (faceetl.evaluate.eye_agreement, dlib 68-point eyes as reference).
+agreement between backends (faceetl.eval.agreement.eye_agreement, dlib 68-point eyes as reference).
 
     python benchmarks/cpu_backends.py --repeat 3 --workers 2
 """
@@ -25,8 +25,8 @@ import torch
 
 import faceetl
 from faceetl.align import AlignSpec
-from faceetl.evaluate import eye_agreement
-from faceetl.pipeline import extract_partition
+from faceetl.eval.agreement import eye_agreement
+from faceetl.pipeline.extract import extract_partition
 
 SHARED = Path(os.environ.get("FACEETL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BACKENDS = {

@@ -7,18 +7,24 @@
 
 from .align import AlignSpec, align_face, arcface_template, dlib_template
 from .backends.base import Detections, Detector, get_backend, list_backends, register_backend
-from .cluster import cluster
-from .io import ImageError, decode_png, load_image
+from .images import ImageError, decode_png, load_image
 from .pife import Pife
-from .pipeline import compute, extract_faces, read_images
-from .predictions import predict
+from .pipeline.cluster import cluster
+from .pipeline.extract import compute, extract_faces, read_images
+from .pipeline.predict import predict
 from .predictors.base import list_predictors, register_predictor
 from .schema import SCHEMA, boxes_array, landmarks_array, read_faces
 from .weights import WeightsError, fetch, register_weights
 
 __version__ = "0.1.0"
 
-_LAZY = {"FaceDataset": "data", "stratified_split": "data", "read_fairface": "data", "train": "train", "eval": "eval"}
+_LAZY = {
+    "FaceDataset": "data",
+    "stratified_split": "data",
+    "read_fairface": "data",
+    "train": "train",
+    "eval": "eval",
+}
 
 
 def __getattr__(name: str):

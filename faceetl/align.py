@@ -91,7 +91,9 @@ def dlib_template(size: int = 150, padding: float = 0.25) -> np.ndarray:
     return (padding + DLIB_MEAN_5) / (2 * padding + 1) * size
 
 
-def template_points(template: str = "arcface", size: int = 112, padding: float = 0.25) -> np.ndarray:
+def template_points(
+    template: str = "arcface", size: int = 112, padding: float = 0.25
+) -> np.ndarray:
     """The (5, 2) destination points of ``template`` for a ``size`` crop."""
     if template == "arcface":
         return arcface_template(size)
@@ -199,3 +201,26 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 def invert(matrix: np.ndarray) -> np.ndarray:
     """Inverse of a 2x3 affine transform (crop-to-image from image-to-crop)."""
     return cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+
+
+def _ordered_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two points with the smaller image x first."""
+    return (a, b) if a[0] <= b[0] else (b, a)
+
+
+def five_from_68(p68: np.ndarray) -> np.ndarray:
+    """ArcFace / RetinaFace 5 points (5, 2) float32 from iBUG 68: eye centres (mean of 36-41,
+    42-47), nose tip 30, mouth corners 48 / 54, each pair ordered by image x."""
+    p = np.asarray(p68, np.float32).reshape(68, 2)
+    le, re = _ordered_pair(p[36:42].mean(axis=0), p[42:48].mean(axis=0))
+    lm, rm = _ordered_pair(p[48], p[54])
+    return np.stack([le, re, p[30], lm, rm]).astype(np.float32)
+
+
+def five_from_dlib5(p5: np.ndarray) -> np.ndarray:
+    """ArcFace 5 points from dlib's 5-point model (eye corners 0-1 and 2-3, under-nose 4;
+    no mouth: NaN), eyes ordered by image x."""
+    p = np.asarray(p5, np.float32).reshape(5, 2)
+    le, re = _ordered_pair(p[0:2].mean(axis=0), p[2:4].mean(axis=0))
+    nan = np.full(2, np.nan, np.float32)
+    return np.stack([le, re, p[4], nan, nan])

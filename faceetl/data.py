@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import schema
-from .io import decode_png
+from .images import decode_png
 
 log = logging.getLogger(__name__)
 

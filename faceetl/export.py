@@ -102,7 +102,8 @@ class _RetinaFaceGraph(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.net._forward(x)
+        loc, logits, ldm = self.net(x)
+        return loc, torch.softmax(logits, dim=-1), ldm
 
 
 class _ClassifierGraph(nn.Module):
@@ -162,7 +163,7 @@ def _check_rgb(images: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def _retinaface_inputs(images: list[np.ndarray]) -> list[np.ndarray]:
     """One batch per image (as the detector runs them alone) and a batch of 2 (image + mirror)."""
-    from .backends.retinaface import MEAN_BGR
+    from .nets.retinaface import MEAN_BGR
 
     mean = np.array(MEAN_BGR, np.float32)
     batches = []
@@ -224,7 +225,8 @@ def _retinaface_spec(net: nn.Module, network: str, sha: str | None, source: str 
 
 
 def _parsing_spec(net: nn.Module, sha: str | None, source: str | None) -> _Spec:
-    from .predictors.parsing import INPUT_SIZE, parsing_classes
+    from .nets.bisenet import CLASSES as parsing_classes
+    from .nets.bisenet import INPUT_SIZE
 
     meta = {
         "faceetl.input": "RGB in [0, 1] normalised with ImageNet mean/std, NCHW 512x512",
@@ -274,14 +276,11 @@ def _jsonable(v: Any) -> Any:
 
 def _resolve(model_or_name: Any, params: dict[str, Any]) -> _Spec:
     """The export spec of a name, a checkpoint path, a module or a faceetl detector/predictor."""
-    from .backends.retinaface import (
-        CONFIGS,
-        ResNet50Body,
-        RetinaFace,
-        RetinaFaceDetector,
-        load_weights,
-    )
-    from .train.classifier import MultiHeadClassifier, load_classifier
+    from .backends.retinaface import RetinaFaceDetector
+    from .nets.bisenet import BiSeNet
+    from .nets.classifier import MultiHeadClassifier
+    from .nets.retinaface import CONFIGS, ResNet50Body, RetinaFace, load_weights
+    from .train.classifier import load_classifier
 
     params = dict(params)
     size = int(params.pop("size", 224))
@@ -298,7 +297,7 @@ def _resolve(model_or_name: Any, params: dict[str, Any]) -> _Spec:
         _unknown("classifier", params)
         return _classifier_spec(model_or_name, size, None)
     if isinstance(model_or_name, nn.Module):
-        if type(model_or_name).__name__ == "BiSeNet":
+        if isinstance(model_or_name, BiSeNet):
             _unknown("parsing", params)
             return _parsing_spec(model_or_name, None, None)
         raise ExportError(
@@ -307,7 +306,7 @@ def _resolve(model_or_name: Any, params: dict[str, Any]) -> _Spec:
         )
 
     if isinstance(model_or_name, str) and model_or_name == "retinaface":
-        from .backends.retinaface import _ALIASES
+        from .nets.retinaface import ALIASES as _ALIASES
 
         network = params.pop("network", "mobilenet0.25")
         network = _ALIASES.get(network, network)
@@ -326,14 +325,14 @@ def _resolve(model_or_name: Any, params: dict[str, Any]) -> _Spec:
                 raise WeightsError(f"RetinaFace weights file {path} does not exist")
             sha = sha256sum(path)
         net = RetinaFace(network)
-        load_weights(net, path, network)
+        load_weights(net, path)
         spec = _retinaface_spec(net.eval(), network, sha, "retinaface")
         spec.metadata["faceetl.params"] = json.dumps(
             {"network": network, "weights": None if weights is None else os.fspath(weights)}
         )
         return spec
     if isinstance(model_or_name, str) and model_or_name == "parsing":
-        from .predictors.parsing import WEIGHTS_NAME, load_bisenet
+        from .nets.bisenet import WEIGHTS_NAME, load_bisenet
 
         weights = params.pop("weights", None)
         _unknown("parsing", params)

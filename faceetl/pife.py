@@ -11,8 +11,8 @@ import pandas as pd
 
 from . import schema
 from .backends.base import backend_spec
-from .cluster import cluster, in_worker_process
-from .pipeline import common_root, compute, extract_faces, read_images
+from .pipeline.cluster import cluster, in_worker_process
+from .pipeline.extract import common_root, compute, extract_faces, read_images
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ class Pife:
         out.mkdir(parents=True, exist_ok=True)
         manifest = out / MANIFEST
         ddf = read_images(paths, partition_size=self.partition_size)
-        todo = ddf.compute() if not isinstance(paths, pd.DataFrame) else paths.reset_index(drop=True)
+        todo = (
+            ddf.compute() if not isinstance(paths, pd.DataFrame) else paths.reset_index(drop=True)
+        )
         todo = todo.assign(path=todo["path"].map(os.fspath))
         root = common_root(todo["path"])
         old = schema.read_faces(manifest) if manifest.exists() else None

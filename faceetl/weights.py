@@ -1,4 +1,10 @@
-"""Model weights: a registry of (name, URL, sha256, file), fetched with pooch into FACEETL_HOME.
+"""Model weights: released files with what they expect, fetched with pooch into FACEETL_HOME.
+
+A release record (:class:`WeightFile`, registered beside its architecture in ``faceetl.nets``)
+carries URL, sha256, file name, licence and the preprocessing the model was trained with (colour
+order, mean/std, input size, classes), as torchvision's ``Weights`` and timm's ``PretrainedCfg``
+do. :func:`resolve` turns "the release" or "this file" into a verified local path with its hash,
+and :func:`load_strict` loads a state dict into a module, naming every key that does not fit.
 
 A file already in the cache with the right hash is used without the network. A missing file is
 downloaded; offline, the error names the file, the URL and the folder to put it in. A file whose
@@ -12,6 +18,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pooch
 
@@ -22,21 +29,43 @@ class WeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class WeightFile:
+    """One released weight file and the preprocessing its model was trained with."""
+
     name: str
     url: str
     sha256: str
     filename: str
     description: str = ""
+    licence: str = ""
+    colour: str = "RGB"  # channel order the network expects
+    mean: tuple[float, ...] | None = None  # subtracted per channel (in the ``colour`` order)
+    std: tuple[float, ...] | None = None  # divided per channel after the mean
+    input_size: tuple[int, int] | None = None  # (height, width); None: any size
+    classes: tuple[str, ...] | None = None  # output class names, where the model has them
 
 
 _WEIGHTS: dict[str, WeightFile] = {}
 
 
 def register_weights(
-    name: str, url: str, sha256: str, filename: str | None = None, description: str = ""
+    name: str,
+    url: str,
+    sha256: str,
+    filename: str | None = None,
+    description: str = "",
+    **preprocessing: Any,
 ) -> WeightFile:
-    """Add a weight file to the registry (idempotent for an identical entry)."""
-    wf = WeightFile(name, url, sha256.lower(), filename or url.rsplit("/", 1)[-1], description)
+    """Add a weight file to the registry (idempotent for an identical entry).
+
+    ``preprocessing``: the other :class:`WeightFile` fields (``licence``, ``colour``, ``mean``,
+    ``std``, ``input_size``, ``classes``).
+    """
+    for key in ("mean", "std", "input_size", "classes"):
+        if preprocessing.get(key) is not None:
+            preprocessing[key] = tuple(preprocessing[key])
+    wf = WeightFile(
+        name, url, sha256.lower(), filename or url.rsplit("/", 1)[-1], description, **preprocessing
+    )
     old = _WEIGHTS.get(name)
     if old is not None and old != wf:
         raise ValueError(f"weights {name!r} already registered differently")
@@ -51,7 +80,8 @@ def weights_info(name: str) -> WeightFile:
         raise KeyError(f"unknown weights {name!r}; registered: {sorted(_WEIGHTS)}") from None
 
 
-def list_weights() -> list[WeightFile]:
+def registered_weights() -> list[WeightFile]:
+    """The records registered so far in this process (``faceetl.nets.list_weights`` lists all)."""
     return [_WEIGHTS[k] for k in sorted(_WEIGHTS)]
 
 
@@ -93,7 +123,9 @@ def fetch(name: str, progressbar: bool = True) -> Path:
             progressbar=progressbar,
         )
     except ValueError as e:  # pooch: hash mismatch of the download
-        raise WeightsError(f"download of {wf.filename} from {wf.url} has the wrong hash: {e}") from e
+        raise WeightsError(
+            f"download of {wf.filename} from {wf.url} has the wrong hash: {e}"
+        ) from e
     except Exception as e:  # network errors: requests/urllib raise many kinds
         raise WeightsError(_missing_message(wf, path, f"download failed: {e}")) from e
     return Path(got)
@@ -130,6 +162,89 @@ def packaged_model(filename: str) -> Path:
 def cached_sha256(path: str) -> str:
     """sha256 of a file that does not change while the process runs (packaged models)."""
     return sha256sum(path)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A weight file on disk, its sha256 and its release record (None for a user's own file)."""
+
+    path: Path
+    sha256: str
+    release: WeightFile | None = None
+
+    def provenance(self) -> dict[str, str]:
+        """``{file name: sha256}``, as recorded on output rows."""
+        return {self.path.name: self.sha256}
+
+
+def resolve(weights: str | os.PathLike | None, default: str, what: str = "") -> Resolved:
+    """The weight file to load: ``None`` -> the release ``default`` (cached or fetched, verified),
+    a registered release name -> that release, else a local file path (hashed)."""
+    if weights is None or (isinstance(weights, str) and weights in _WEIGHTS):
+        info = weights_info(default if weights is None else str(weights))
+        return Resolved(fetch(info.name), info.sha256, info)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        label = what or weights_info(default).description or default
+        raise WeightsError(f"{label} weights file {path} does not exist")
+    return Resolved(path, sha256sum(path), None)
+
+
+def load_strict(
+    model: Any,
+    source: str | os.PathLike | dict,
+    what: str,
+    *,
+    layout: str = "",
+    optional: tuple[str, ...] = ("num_batches_tracked",),
+    assign: bool = False,
+) -> Any:
+    """Load a state dict (a file or a dict) into ``model`` with ``strict=True``.
+
+    Keys ending in one of ``optional`` may be missing (BatchNorm's batch counters, absent from
+    files saved by old torch); anything else that does not fit is a :class:`WeightsError` naming
+    the missing, unexpected and mis-shaped keys, ``what`` the file should have been and the
+    ``layout`` (whose release) it should follow.
+    """
+    label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the state dict"
+    if isinstance(source, dict):
+        sd = dict(source)
+    else:
+        try:
+            sd = load_state_dict(source)
+        except Exception as e:
+            raise WeightsError(f"cannot read {what} weights {label}: {e}") from e
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{label} does not hold a state dict (got {type(sd).__name__})")
+    own = model.state_dict()
+    for key, value in own.items():  # fill optional keys from the model (torch does it for BN)
+        if key not in sd and key.endswith(optional):
+            sd[key] = value.detach().clone() if not assign else value
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(
+        f"{k}: file {tuple(sd[k].shape)} != model {tuple(own[k].shape)}"
+        for k in set(own) & set(sd)
+        if hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+
+        counts = (
+            f"{len(missing)} missing keys, {len(unexpected)} unexpected keys, "
+            f"{len(shapes)} of the wrong shape"
+        )
+        parts = [
+            f"{name}: {few(keys)}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+            if keys
+        ]
+        where = f" ({layout})" if layout else ""
+        raise WeightsError(f"{label} is not a {what} state dict{where}: {counts}; " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True, assign=assign)
+    return model
 
 
 def load_state_dict(path: str | os.PathLike, strip_prefix: str = "module.") -> dict:

@@ -1,7 +1,7 @@
 """The point of standardised alignment: the same face found by two backends gives the same crop.
 
 Each backend's crops are compared through where the same physical eyes (dlib's 68-point eye
-centres, the reference) land in them, as a fraction of the 112 px crop (faceetl.evaluate).
+centres, the reference) land in them, as a fraction of the 112 px crop (faceetl.eval.agreement).
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import itertools
 import dask
 import pytest
 
-from conftest import IMAGES
 from faceetl import extract_faces, landmarks_array
-from faceetl.evaluate import eye_agreement, match_faces
+from faceetl.eval.agreement import eye_agreement, match_faces
+from helpers import IMAGES
+
+pytestmark = pytest.mark.slow  # one pipeline run per backend pair: ~40 s
 
 PHOTOS = [
     *sorted((IMAGES / "single").glob("*.jpg")),
@@ -32,7 +34,9 @@ def tables():
     out = {}
     with dask.config.set(scheduler="sync"):
         for name, params in {**FIVE_POINT, **OTHERS}.items():
-            out[name] = extract_faces(paths, backend=name, **params).compute().reset_index(drop=True)
+            out[name] = (
+                extract_faces(paths, backend=name, **params).compute().reset_index(drop=True)
+            )
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import IMAGES, load_rgb
 from faceetl.align import (
     ARCFACE_112,
     AlignmentError,
@@ -18,13 +17,16 @@ from faceetl.align import (
     similarity_from_points,
     transform_points,
 )
+from helpers import IMAGES, load_rgb
 
 
 def test_arcface_template_sizes():
     assert np.allclose(arcface_template(112), ARCFACE_112)
     assert np.allclose(arcface_template(224), ARCFACE_112 * 2)
     t128 = arcface_template(128)
-    assert np.allclose(t128[:, 0], ARCFACE_112[:, 0] + 8) and np.allclose(t128[:, 1], ARCFACE_112[:, 1])
+    assert np.allclose(t128[:, 0], ARCFACE_112[:, 0] + 8) and np.allclose(
+        t128[:, 1], ARCFACE_112[:, 1]
+    )
     t256 = arcface_template(256)
     assert np.allclose(t256, (ARCFACE_112 + [8, 0]) * 2)
     with pytest.raises(ValueError):
@@ -60,7 +62,9 @@ def test_eyes_only_land_exactly_on_template_eyes():
 
 
 def test_no_landmarks_falls_back_to_box():
-    m, method = estimate_transform(np.full((5, 2), np.nan), np.array([100, 100, 200, 220]), AlignSpec())
+    m, method = estimate_transform(
+        np.full((5, 2), np.nan), np.array([100, 100, 200, 220]), AlignSpec()
+    )
     assert method == "box"
     centre = transform_points(m, [[150, 160]])[0]
     assert 40 < centre[0] < 72 and 50 < centre[1] < 90
@@ -79,7 +83,11 @@ def test_aligning_an_aligned_crop_is_identity():
 def test_crop_sizes_and_templates():
     img = load_rgb(IMAGES / "single" / "fr_obama_small.jpg")
     lm = np.array([[130, 100], [175, 100], [152, 125], [135, 150], [170, 150]], float)
-    for spec in (AlignSpec("arcface", 112), AlignSpec("arcface", 128), AlignSpec("dlib", 300, 0.25)):
+    for spec in (
+        AlignSpec("arcface", 112),
+        AlignSpec("arcface", 128),
+        AlignSpec("dlib", 300, 0.25),
+    ):
         crop, _, _ = align_face(img, lm, spec=spec)
         assert crop.shape == (spec.size, spec.size, 3) and crop.dtype == np.uint8
     with pytest.raises(ValueError):

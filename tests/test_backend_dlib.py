@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from conftest import ANNOTATIONS, IMAGES, SHARED, dlib_pascal_boxes, iou, load_rgb, recall
 from faceetl.backends.base import Detections, backend_spec, get_backend
 from faceetl.weights import sha256sum, weights_info
+from helpers import ANNOTATIONS, IMAGES, SHARED, dlib_pascal_boxes, iou, load_rgb, recall
 
 PASCAL = IMAGES / "dlib_pascal"
 

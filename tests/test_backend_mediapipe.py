@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import IMAGES, SHARED, dlib_pascal_boxes, iou, load_rgb, recall
 from faceetl.backends.base import Detections, get_backend
 from faceetl.weights import WeightsError
+from helpers import IMAGES, SHARED, dlib_pascal_boxes, iou, load_rgb, recall
 
 SHORT_SHA = "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"
 FULL_SHA = "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ANNOTATIONS, IMAGES, dlib_pascal_boxes, iou, load_rgb, recall
 from faceetl.backends.base import Detections, backend_spec, get_backend
 from faceetl.weights import fetch, load_state_dict, weights_info
+from helpers import ANNOTATIONS, IMAGES, dlib_pascal_boxes, iou, load_rgb, recall
 
 GROUP = IMAGES / "group"
 

@@ -11,7 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import (
+from faceetl.backends.base import Detections, default_workers, get_backend
+from faceetl.backends.opencv import find_eyes
+from helpers import (
     ANNOTATIONS,
     IMAGES,
     assert_boxes_inside,
@@ -20,8 +22,6 @@ from conftest import (
     load_rgb,
     recall,
 )
-from faceetl.backends.base import Detections, default_workers, get_backend
-from faceetl.backends.opencv import find_eyes
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import IMAGES, dlib_pascal_boxes, iou, load_rgb, recall, wider_gt
 from faceetl.backends.base import Detections, backend_spec, get_backend
 from faceetl.backends.retinaface import RetinaFaceDetector
 from faceetl.weights import WeightsError, fetch, sha256sum
+from helpers import IMAGES, dlib_pascal_boxes, iou, load_rgb, recall, wider_gt
 
 MOBILENET_SHA = "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220"
 GROUP = sorted((IMAGES / "group").glob("*.jpg"))

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import IMAGES, assert_boxes_inside, dlib_pascal_boxes, load_rgb, recall
 from faceetl.backends.base import Detections, default_workers, get_backend
 from faceetl.weights import WeightsError, fetch, sha256sum
+from helpers import IMAGES, assert_boxes_inside, dlib_pascal_boxes, load_rgb, recall
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import IMAGES
 from faceetl import decode_png, extract_faces, read_faces
 from faceetl.data import IGNORE_INDEX, FaceDataset, read_fairface, stratified_split
+from helpers import IMAGES
 
 PHOTOS = [
     IMAGES / "group" / "facenet_multiface.jpg",

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from scipy.io import loadmat
 
-from conftest import ANNOTATIONS, IMAGES, wider_gt
 from faceetl.eval import (
     detect_widerface,
     read_widerface_gt,
@@ -20,6 +19,7 @@ from faceetl.eval import (
     widerface_overlaps,
     write_widerface_txt,
 )
+from helpers import ANNOTATIONS, IMAGES, wider_gt
 
 GT_DIR = ANNOTATIONS / "wider"
 MEETING = "11_Meeting_Meeting_11_Meeting_Meeting_11_26"

@@ -19,12 +19,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import IMAGES, iou, load_rgb
 from faceetl import export
 from faceetl.backends.retinaface import RetinaFaceDetector
-from faceetl.io import encode_png
-from faceetl.predictors.parsing import build_bisenet, preprocess
+from faceetl.images import encode_png
+from faceetl.nets.bisenet import build_bisenet
+from faceetl.predictors.parsing import preprocess
 from faceetl.weights import home
+from helpers import IMAGES, iou, load_rgb
 
 GROUP = sorted((IMAGES / "group").glob("*.jpg"))
 WIDER = sorted((IMAGES / "wider").glob("*.jpg"))
@@ -51,6 +52,7 @@ def photos() -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- RetinaFace
 
 
+@pytest.mark.slow
 def test_retinaface_onnx(tmp_path, photos) -> None:
     imgs = [photos[GROUP.index(IMAGES / "group" / "facenet_multiface.jpg")], *photos[-2:]]
     path = export.onnx("retinaface", tmp_path / "rf.onnx", network="mobilenet0.25", images=imgs)
@@ -79,6 +81,7 @@ def test_retinaface_onnx(tmp_path, photos) -> None:
     assert max(again.values()) < 1e-3
 
 
+@pytest.mark.slow
 def test_retinaface_onnx_runtime_matches_torch(photos) -> None:
     t0 = time.perf_counter()
     onnx_det = RetinaFaceDetector(runtime="onnx")
@@ -126,6 +129,7 @@ def test_runtime_is_checked() -> None:
 # ----------------------------------------------------------------------------- BiSeNet
 
 
+@pytest.mark.slow
 def test_parsing_onnx(tmp_path) -> None:
     crops = [load_rgb(IMAGES / "parsing" / "faceparsing_116_ori.png")]
     crops += [load_rgb(p) for p in ALIGNED if p.name.startswith("fairface")][:2]

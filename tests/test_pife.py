@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 
-from conftest import IMAGES
 from faceetl import Pife, read_faces, register_predictor
 from faceetl.backends import base
 from faceetl.backends.base import default_workers, get_backend, list_backends, register_backend
+from helpers import IMAGES
 
 PHOTOS = ["single/fr_obama_small.jpg", "group/facenet_multiface.jpg", "single/deepface_img5.jpg"]
 
@@ -35,6 +35,7 @@ def photo_tree(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_pife_extract_writes_crops_manifest_and_skips_done_work(photo_tree, tmp_path):
     out = tmp_path / "out"
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg"))
@@ -54,7 +55,9 @@ def test_pife_extract_writes_crops_manifest_and_skips_done_work(photo_tree, tmp_
     assert set(second["path"]) == set(paths)
     assert not second.duplicated(["path", "face"]).any()
     assert len(second) == len(first) + len(second[~second["path"].isin(first["path"])])
-    assert (second.set_index("path").loc[str(photo_tree / "single" / "broken.jpg"), "status"]).startswith("error")
+    assert (
+        second.set_index("path").loc[str(photo_tree / "single" / "broken.jpg"), "status"]
+    ).startswith("error")
     assert sum(1 for _ in out.rglob("*.png")) >= n_files
     assert (second["status"] == "ok").sum() == 8  # 6 + 1 + 1 faces
     third = Pife("dlib", 2, progress=False).extract(paths[:1], out)  # done: no cluster needed
@@ -68,17 +71,20 @@ def test_pife_extract_writes_crops_manifest_and_skips_done_work(photo_tree, tmp_
     assert not fourth.duplicated(["path", "face"]).any()
 
 
+@pytest.mark.slow
 def test_guardless_script_runs_once(photo_tree, tmp_path):
     """The seed's script, at module level with no __main__ guard, on the default cluster."""
     out = tmp_path / "out"
     script = tmp_path / "seed.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from faceetl import Pife
         print("SCRIPT-START", flush=True)
         paths = {sorted(str(p) for p in photo_tree.rglob("*.jpg"))!r}
         faces = Pife("dlib", 2).extract(paths, {str(out)!r})
         print("ROWS", len(faces), (faces["status"] == "ok").sum(), flush=True)
-    """))
+    """)
+    )
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -88,6 +94,7 @@ def test_guardless_script_runs_once(photo_tree, tmp_path):
     assert (out / "faces.parquet").exists()
 
 
+@pytest.mark.slow
 def test_model_loads_once_per_worker(photo_tree, tmp_path):
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg")) * 1
     with Pife("dlib", 2, progress=False, partition_size=1) as pife:
@@ -102,6 +109,7 @@ def test_model_loads_once_per_worker(photo_tree, tmp_path):
     assert set(trim.values()) == {None}
 
 
+@pytest.mark.slow
 def test_quickstart_example_runs():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.join(root, "examples", "quickstart.py")],
@@ -126,6 +134,7 @@ class NoUpsampleDlib:
         return {"wraps": self._dlib.provenance()}
 
 
+@pytest.mark.slow
 def test_backend_registered_outside_faceetl_runs_on_workers(photo_tree, tmp_path):
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg"))
     with Pife("dlib_no_upsample", progress=False) as pife:
@@ -151,6 +160,7 @@ class CropBrightness:
         return {"model": "mean of the crop"}
 
 
+@pytest.mark.slow
 def test_predictor_registered_outside_faceetl_runs_on_workers(photo_tree):
     import faceetl
 

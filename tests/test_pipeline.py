@@ -11,10 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import IMAGES
 from faceetl import SCHEMA, decode_png, extract_faces, landmarks_array, read_faces, read_images
-from faceetl.pipeline import crop_relpath
-from test_io import make_bad_inputs
+from faceetl.pipeline.extract import crop_relpath
+from helpers import IMAGES, make_bad_inputs
 
 BACKEND = "dlib"  # fast and fully offline: the pipeline tests do not depend on a model's download
 
@@ -141,7 +140,9 @@ def test_graph_carries_no_model():
     from faceetl.backends import base
 
     base.clear_cache()
-    faces = extract_faces([str(IMAGES / "single" / "fr_obama_small.jpg")] * 50, backend="retinaface")
+    faces = extract_faces(
+        [str(IMAGES / "single" / "fr_obama_small.jpg")] * 50, backend="retinaface"
+    )
     assert base.REGISTRY.loaded() == []
     assert len(cloudpickle.dumps(faces.__dask_graph__())) < 200_000
 
@@ -149,11 +150,13 @@ def test_graph_carries_no_model():
 def test_a_failing_image_costs_only_its_own_row():
     """The batch is bisected: the image the backend refuses gets an error, the others results."""
     from faceetl.backends.base import get_backend
-    from faceetl.io import load_image
-    from faceetl.pipeline import _detect_isolating
+    from faceetl.images import load_image
+    from faceetl.pipeline.extract import _detect_isolating
 
     good = load_image(IMAGES / "single" / "fr_obama_small.jpg")
     bad = good.astype(np.float32)  # RetinaFace refuses anything but RGB uint8
     out = _detect_isolating(get_backend("retinaface"), [good, good, bad, good, good])
-    assert [type(o).__name__ for o in out] == ["Detections"] * 2 + ["ValueError"] + ["Detections"] * 2
+    assert [type(o).__name__ for o in out] == ["Detections"] * 2 + ["ValueError"] + [
+        "Detections"
+    ] * 2
     assert all(len(o) == 1 for i, o in enumerate(out) if i != 2)

@@ -23,20 +23,19 @@ import torch
 from PIL import Image
 
 import faceetl.weights as fw
-from conftest import IMAGES
 from faceetl import extract_faces, predict
 from faceetl.align import align_face
 from faceetl.backends.base import get_backend
+from faceetl.nets.inception_resnet_v1 import FACENET_WEIGHTS, InceptionResnetV1
 from faceetl.predictors.base import get_predictor, output_columns
 from faceetl.predictors.embedding import (
     DLIB_ALIGN,
     FACENET_ALIGN,
-    FACENET_WEIGHTS,
     EmbeddingPredictor,
-    _build_inception_resnet_v1,
     dlib_model_path,
 )
 from faceetl.weights import WeightsError, sha256sum, weights_info
+from helpers import IMAGES
 
 SAME_PERSON = 0.6  # dlib's own decision threshold (Euclidean distance of raw descriptors)
 SINGLES = {
@@ -105,6 +104,7 @@ def test_dlib_descriptor_shape_and_provenance(dlib_emb, identities) -> None:
     assert dlib_emb.align == DLIB_ALIGN
 
 
+@pytest.mark.slow
 def test_same_face_under_flip_crop_and_brightness(embed_faces, identities) -> None:
     for name, path in SINGLES.items():
         img = _load(path)
@@ -186,7 +186,7 @@ def layout() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     sd = {}
     with torch.device("meta"):
-        shapes = _build_inception_resnet_v1().state_dict()
+        shapes = InceptionResnetV1().state_dict()
     for k, v in shapes.items():
         if k.endswith("num_batches_tracked"):
             sd[k] = torch.tensor(0)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import ANNOTATIONS, IMAGES, load_rgb
 from faceetl import weights as fw
 from faceetl.align import AlignSpec, align_face, dlib_template, transform_points
 from faceetl.predictors import base
@@ -34,6 +33,7 @@ from faceetl.predictors.fairface import (
     resize_224,
 )
 from faceetl.weights import WeightsError
+from helpers import ANNOTATIONS, IMAGES, load_rgb
 
 FILE7 = "res34_fair_align_multi_7_20190809.pt"
 FILE4 = "res34_fair_align_multi_4_20190809.pt"
@@ -270,12 +270,14 @@ def test_wrong_state_dict_fails_with_a_clear_message(tmp_path):
     seven = random_state_dict(3, n_out=7)  # a race-only head: fc 512 -> 7
     torch.save(seven, tmp_path / "fc7.pt")
     with pytest.raises(
-        WeightsError, match=r"not a FairFace ResNet-34(.|\n)*size mismatch for fc\.weight"
+        WeightsError,
+        match=r"not a FairFace ResNet-34(.|\n)*shape: fc\.bias: file \(7,\) != model \(18,\), "
+        r"fc\.weight: file \(7, 512\) != model \(18, 512\)",
     ):
         FairFacePredictor(weights=tmp_path / "fc7.pt", device="cpu")
     missing = {k: v for k, v in random_state_dict(3).items() if not k.startswith("layer4.2.")}
     torch.save(missing, tmp_path / "missing.pt")
-    with pytest.raises(WeightsError, match=r"Missing key\(s\).*layer4\.2\.conv1\.weight"):
+    with pytest.raises(WeightsError, match=r"not a FairFace ResNet-34.*missing: layer4\.2\."):
         FairFacePredictor(weights=tmp_path / "missing.pt", device="cpu")
 
 

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 import faceetl
-from conftest import IMAGES, load_rgb
 from faceetl import weights
 from faceetl.align import align_face, transform_points
 from faceetl.backends.base import get_backend
+from faceetl.nets.bisenet import load_bisenet
 from faceetl.predictors import base as pbase
 from faceetl.predictors import parsing
 from faceetl.predictors.parsing import (
@@ -36,6 +36,7 @@ from faceetl.predictors.parsing import (
     preprocess,
 )
 from faceetl.weights import WeightsError
+from helpers import IMAGES, load_rgb
 
 SAMPLE = IMAGES / "parsing" / "faceparsing_116_ori.png"
 OBAMA = IMAGES / "single" / "fr_obama_small.jpg"
@@ -157,7 +158,7 @@ def test_loader_on_released_key_layout(random_weights):
 def test_loader_accepts_module_prefix_and_no_num_batches_tracked(tmp_path: Path):
     sd = {f"module.{k}": v for k, v in random_state_dict(1).items() if "num_batches" not in k}
     torch.save(sd, tmp_path / "ddp.pth")
-    net = parsing.load_bisenet(tmp_path / "ddp.pth")
+    net = load_bisenet(tmp_path / "ddp.pth")
     assert torch.equal(
         net.state_dict()["cp.resnet.conv1.weight"], sd["module.cp.resnet.conv1.weight"]
     )
@@ -168,7 +169,7 @@ def test_wrong_state_dict_fails_clearly(tmp_path: Path):
     renamed = {k.replace("cp.resnet.", "backbone."): v for k, v in sd.items()}
     torch.save(renamed, tmp_path / "renamed.pth")
     with pytest.raises(WeightsError, match=r"not a face-parsing.PyTorch BiSeNet") as e:
-        parsing.load_bisenet(tmp_path / "renamed.pth")
+        load_bisenet(tmp_path / "renamed.pth")
     msg = str(e.value)
     assert "missing: cp.resnet." in msg and "unexpected: backbone." in msg and "in all)" in msg
 
@@ -177,7 +178,7 @@ def test_wrong_state_dict_fails_clearly(tmp_path: Path):
     with pytest.raises(
         WeightsError, match=r"shape: conv_out.conv_out.weight: file \(20, 256, 1, 1\)"
     ):
-        parsing.load_bisenet(tmp_path / "20classes.pth")
+        load_bisenet(tmp_path / "20classes.pth")
 
     # through the predictor: a wrong file given explicitly, and a file with the wrong hash
     with pytest.raises(WeightsError, match="missing"):

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import IMAGES
 from faceetl import decode_png, extract_faces
 from faceetl.data import FaceDataset, stratified_split
-from faceetl.io import encode_png
+from faceetl.images import encode_png
 from faceetl.train import MultiHeadClassifier, ResNet18, classifier, load_classifier, predict
 from faceetl.train.classifier import evaluate
+from helpers import IMAGES
 
 SIDE = 48  # crops are shrunk for speed on CPU: the orientation is plain at this size
 
@@ -63,6 +63,7 @@ def split(orientation):
     )
 
 
+@pytest.mark.slow
 def test_learns_a_held_out_label(split, tmp_path):
     _, train, val = split
     model, metrics = classifier(

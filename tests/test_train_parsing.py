@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import IMAGES, load_rgb
 from faceetl.backends.base import get_backend
-from faceetl.predictors.parsing import ParsingPredictor, load_bisenet, preprocess
+from faceetl.nets.bisenet import load_bisenet
+from faceetl.predictors.parsing import ParsingPredictor, preprocess
 from faceetl.train import parsing as tp
+from helpers import IMAGES, load_rgb
 
 SAMPLE = IMAGES / "parsing" / "faceparsing_116_ori.png"
 IDS = (0, 1, 2, 1999, 2000, 2001)
@@ -342,6 +343,7 @@ def best_constant_miou(ds: tp.CelebAMaskHQ) -> float:
     return float(counts.max() / counts.sum() / present)
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_learns(trained, small):
     model, metrics, ckdir = trained
     assert list(metrics["epoch"]) == [1, 2, 3, 4]
@@ -365,6 +367,7 @@ def test_training_lowers_loss_and_learns(trained, small):
     assert sorted(p.name for p in ckdir.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.slow
 def test_resume_repeats_an_uninterrupted_run(dataset_root, tmp_path):
     ds = tp.CelebAMaskHQ(dataset_root[0], image_size=64, crop_size=56, cache=True)
     kw = dict(epochs=2, batch_size=3, lr=1e-2, progress=False, device="cpu")

@@ -17,15 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ANNOTATIONS, IMAGES, dlib_pascal_boxes, iou, load_rgb, recall, wider_gt
-from faceetl.backends.retinaface import (
-    RetinaFace,
-    RetinaFaceDetector,
-    decode_boxes,
-    decode_landmarks,
-)
+from faceetl.backends.retinaface import RetinaFaceDetector
+from faceetl.nets.retinaface import RetinaFace
+from faceetl.nets.retinaface_priors import decode_boxes, decode_landmarks, priors_for
 from faceetl.train import retinaface as rt
 from faceetl.weights import WeightsError
+from helpers import ANNOTATIONS, IMAGES, dlib_pascal_boxes, iou, load_rgb, recall, wider_gt
 
 WIDER_TXT = ANNOTATIONS / "wider" / "shared_wider_val_gt.txt"
 PASCAL_XML = ANNOTATIONS / "dlib_pascal" / "training_with_face_landmarks.xml"
@@ -38,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def shared_annotations() -> list[rt.ImageAnnotation]:
     """The 6 shared photos: WIDER GT boxes (no landmarks), PASCAL boxes + 68->5 landmarks.
 
-    Paths are relative to ../shared/images. PASCAL boxes are conftest's (training.xml); each
+    Paths are relative to ../shared/images. PASCAL boxes are helpers.py's (training.xml); each
     takes the five points of the face of the 68-point XML it overlaps most.
     """
     anns = []
@@ -267,7 +264,7 @@ def test_encode_decode_round_trip() -> None:
         decode_landmarks(rt.encode_landm(lms, p), p).reshape(-1, 10), lms, atol=1e-6
     )
     # the backend's pixel priors are the same anchors
-    np.testing.assert_allclose(priors * 320, rt.priors_for(320, 320), atol=1e-4)
+    np.testing.assert_allclose(priors * 320, priors_for(320, 320), atol=1e-4)
 
 
 def test_match() -> None:
@@ -389,6 +386,7 @@ def _recall_hits(det: RetinaFaceDetector, annotations) -> list[float]:
     return out
 
 
+@pytest.mark.slow
 def test_finetune_lowers_loss_keeps_recall(shared_annotations, tmp_path: Path) -> None:
     size = 320
     train_ds = rt.RetinaFaceDataset(shared_annotations, IMAGES, image_size=size)
@@ -426,6 +424,7 @@ def test_finetune_lowers_loss_keeps_recall(shared_annotations, tmp_path: Path) -
     assert tuned_hits[2:] == base_hits[2:]  # all PASCAL faces, before and after
 
 
+@pytest.mark.slow
 def test_scratch_run_learns(shared_annotations) -> None:
     """From random weights, 120 steps on the six photos (no augmentation: they are memorised)."""
     ds = rt.RetinaFaceDataset(shared_annotations, IMAGES, image_size=160, augment=False)
@@ -474,6 +473,7 @@ def test_resume_repeats_the_uninterrupted_run(shared_annotations, tmp_path: Path
         rt.train(rt.RetinaFaceDataset(anns, IMAGES, image_size=96), checkpoint_dir=ck, **kw)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes(shared_annotations, tmp_path: Path) -> None:
     """torch.distributed with gloo: two CPU processes, one image each per step."""
     ds = rt.RetinaFaceDataset(shared_annotations[2:], IMAGES, image_size=128)

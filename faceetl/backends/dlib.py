@@ -20,26 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from faceetl.align import five_from_68, five_from_dlib5
 from faceetl.backends.base import Detections, register_backend
+from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
 from faceetl.weights import (
     cached_sha256,
     fetch,
     packaged_model,
-    register_weights,
     weights_info,
 )
 
 log = logging.getLogger(__name__)
 
 CNN_WEIGHTS = "dlib_mmod_human_face_detector"
-register_weights(
-    CNN_WEIGHTS,
-    "https://raw.githubusercontent.com/dchen236/FairFace/"
-    "74b4f93e527f1fb2b27b2b425227c3ded0521830/dlib_models/mmod_human_face_detector.dat",
-    "be467b1a76f482693de3b0f6a1ff91d092319be71523d4d4b0628f6a53fcb87a",
-    filename="mmod_human_face_detector.dat",
-    description="dlib MMOD CNN face detector (same file as davisking/dlib-models, decompressed)",
-)
 
 #: default raw-score threshold per detector (HOG: see the module docstring; CNN: dlib's own 0)
 DEFAULT_THRESHOLD = {"hog": 0.15, "cnn": 0.0}
@@ -56,25 +49,6 @@ def predictor_path(kind: str) -> Path:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
-
-
-def _ordered_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The two points with the smaller image x first."""
-    return (a, b) if a[0] <= b[0] else (b, a)
-
-
-def five_from_68(p68: np.ndarray) -> np.ndarray:
-    """ArcFace 5 points from iBUG 68: eye centres (mean of 36-41, 42-47), nose 30, mouth 48/54."""
-    le, re = _ordered_pair(p68[36:42].mean(axis=0), p68[42:48].mean(axis=0))
-    lm, rm = _ordered_pair(p68[48], p68[54])
-    return np.stack([le, re, p68[30], lm, rm])
-
-
-def five_from_dlib5(p5: np.ndarray) -> np.ndarray:
-    """ArcFace 5 points from dlib's 5-point model (eye corners 0-1 and 2-3, under-nose 4)."""
-    le, re = _ordered_pair(p5[0:2].mean(axis=0), p5[2:4].mean(axis=0))
-    nan = np.full(2, np.nan)
-    return np.stack([le, re, p5[4], nan, nan])
 
 
 @register_backend("dlib", workers=8, gpu=False)

@@ -38,33 +38,16 @@ import cv2
 import numpy as np
 
 from faceetl.backends.base import Detections, register_backend
-from faceetl.weights import fetch, register_weights, weights_info
+from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
+from faceetl.weights import fetch, weights_info
 
 log = logging.getLogger(__name__)
 
-_SRC = (
-    "https://raw.githubusercontent.com/google-ai-edge/mediapipe/"
-    "63e679d99ca45b30514a9d84c9351a2d77bb9ba0/mediapipe/modules/face_detection/"
-)
 #: model option -> registered weights name
 MODELS = {
     "short": "mediapipe_face_detection_short_range",
     "full": "mediapipe_face_detection_full_range_sparse",
 }
-register_weights(
-    MODELS["short"],
-    _SRC + "face_detection_short_range.tflite",
-    "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
-    "face_detection_short_range.tflite",
-    "MediaPipe BlazeFace short range (faces within ~2 m), 128x128 input, no TFLite metadata",
-)
-register_weights(
-    MODELS["full"],
-    _SRC + "face_detection_full_range_sparse.tflite",
-    "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
-    "face_detection_full_range_sparse.tflite",
-    "MediaPipe BlazeFace full range sparse (faces within ~5 m), 192x192 input, no TFLite metadata",
-)
 
 #: input side of the short-range model, the one refinement runs
 REFINE_INPUT = 128

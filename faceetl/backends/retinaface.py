@@ -9,10 +9,11 @@ detections centred in another image's padding are dropped and boxes map back to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -21,196 +22,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceetl.backends.base import Detections, box_iou, register_backend
-from faceetl.nets import ResNet
-from faceetl.ops import batched_nms
-from faceetl.weights import (
-    WeightsError,
-    fetch,
-    load_state_dict,
-    register_weights,
-    sha256sum,
-    weights_info,
+from faceetl.backends.base import Detections, register_backend
+from faceetl.boxes import box_iou
+from faceetl.nets.nms import batched_nms
+from faceetl.nets.retinaface import CONFIGS, MEAN_BGR, RetinaFace, load_weights, network_name
+from faceetl.nets.retinaface_priors import (
+    MIN_SIZES,
+    STEPS,
+    decode_boxes,
+    decode_landmarks,
+    priors_for,
 )
+from faceetl.weights import resolve
 
 log = logging.getLogger(__name__)
 
-MOBILENET_WEIGHTS = "retinaface_mobilenet0.25"
-RESNET50_WEIGHTS = "retinaface_resnet50"
-
-register_weights(
-    MOBILENET_WEIGHTS,
-    "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",
-    "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220",
-    "mobilenet0.25_Final.pth",
-    "RetinaFace MobileNet-0.25 (biubug6/Pytorch_Retinaface release, MIT)",
-)
-register_weights(
-    RESNET50_WEIGHTS,
-    "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
-    "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d",
-    "Resnet50_Final.pth",
-    "RetinaFace ResNet-50 (biubug6/Pytorch_Retinaface release, MIT; 109497761 bytes)",
-)
-
-#: per-body settings of the released models (biubug6 cfg_mnet / cfg_re50)
-CONFIGS: dict[str, dict[str, Any]] = {
-    "mobilenet0.25": {"in_channel": 32, "out_channel": 64, "weights": MOBILENET_WEIGHTS},
-    "resnet50": {"in_channel": 256, "out_channel": 256, "weights": RESNET50_WEIGHTS},
-}
-_ALIASES = {"mobile0.25": "mobilenet0.25", "mobilenet": "mobilenet0.25", "resnet": "resnet50"}
-MIN_SIZES = ((16, 32), (64, 128), (256, 512))
-STEPS = (8, 16, 32)
-VARIANCE = (0.1, 0.2)
-MEAN_BGR = (104, 117, 123)
 LARGE_FACE = 400  # network pixels: faces beyond the largest anchors (512) come out doubled
 REDETECT_SIDE = 256  # ... so they are detected again with the largest face at this size
 MIN_REDETECTED = 64  # faces the second pass finds at least this large replace the first's
 
 
-# ----------------------------------------------------------------------------- layers
+class PaddingMask:
+    """Keeps the padding of a zero-padded canvas at zero before every spatial conv of ``net``.
 
+    A conv on the canvas then computes, inside each image, exactly what it computes on the image
+    alone (whose borders the conv pads with zeros): padding an image into a batch does not change
+    its detections. The hooks stay on ``net`` and do nothing outside ``with mask(valid, canvas)``;
+    the state is per call, so one masked forward runs at a time.
+    """
 
-def _conv_bn(
-    cin: int, cout: int, k: int = 3, stride: int = 1, leaky: float | None = 0.0
-) -> nn.Sequential:
-    """Conv (no bias) + BatchNorm (+ LeakyReLU unless ``leaky`` is None)."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-    ]
-    if leaky is not None:
-        layers.append(nn.LeakyReLU(leaky, inplace=True))
-    return nn.Sequential(*layers)
-
-
-def _conv_dw(cin: int, cout: int, stride: int, leaky: float = 0.1) -> nn.Sequential:
-    """Depthwise 3x3 + pointwise 1x1, each with BatchNorm and LeakyReLU (MobileNet v1 block)."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
-        nn.BatchNorm2d(cin),
-        nn.LeakyReLU(leaky, inplace=True),
-        nn.Conv2d(cin, cout, 1, 1, 0, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.LeakyReLU(leaky, inplace=True),
-    )
-
-
-class MobileNetBody(nn.Module):
-    """MobileNet v1 x0.25 trunk: strides 8, 16, 32 out of stage1, stage2, stage3."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stage1 = nn.Sequential(
-            _conv_bn(3, 8, stride=2, leaky=0.1),
-            _conv_dw(8, 16, 1),
-            _conv_dw(16, 32, 2),
-            _conv_dw(32, 32, 1),
-            _conv_dw(32, 64, 2),
-            _conv_dw(64, 64, 1),
-        )
-        self.stage2 = nn.Sequential(
-            _conv_dw(64, 128, 2), *[_conv_dw(128, 128, 1) for _ in range(5)]
-        )
-        self.stage3 = nn.Sequential(_conv_dw(128, 256, 2), _conv_dw(256, 256, 1))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        c1 = self.stage1(x)
-        c2 = self.stage2(c1)
-        return [c1, c2, self.stage3(c2)]
-
-
-class ResNet50Body(ResNet):
-    """ResNet-50 up to layer4 with torchvision's names; gives the layer2..layer4 outputs."""
-
-    def __init__(self) -> None:
-        super().__init__(50)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.stages(x)[1:]
-
-
-class FPN(nn.Module):
-    """Top-down feature pyramid over the three body outputs (nearest upsampling, 3x3 merge)."""
-
-    def __init__(self, in_channels: list[int], out_channel: int) -> None:
-        super().__init__()
-        leaky = 0.1 if out_channel <= 64 else 0.0
-        self.output1 = _conv_bn(in_channels[0], out_channel, k=1, leaky=leaky)
-        self.output2 = _conv_bn(in_channels[1], out_channel, k=1, leaky=leaky)
-        self.output3 = _conv_bn(in_channels[2], out_channel, k=1, leaky=leaky)
-        self.merge1 = _conv_bn(out_channel, out_channel, leaky=leaky)
-        self.merge2 = _conv_bn(out_channel, out_channel, leaky=leaky)
-
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        p1, p2, p3 = self.output1(feats[0]), self.output2(feats[1]), self.output3(feats[2])
-        p2 = self.merge2(p2 + F.interpolate(p3, size=p2.shape[-2:], mode="nearest"))
-        p1 = self.merge1(p1 + F.interpolate(p2, size=p1.shape[-2:], mode="nearest"))
-        return [p1, p2, p3]
-
-
-class SSH(nn.Module):
-    """Single-stage headless context module: 3x3, 5x5 and 7x7 receptive fields concatenated."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        leaky = 0.1 if cout <= 64 else 0.0
-        self.conv3X3 = _conv_bn(cin, cout // 2, leaky=None)
-        self.conv5X5_1 = _conv_bn(cin, cout // 4, leaky=leaky)
-        self.conv5X5_2 = _conv_bn(cout // 4, cout // 4, leaky=None)
-        self.conv7X7_2 = _conv_bn(cout // 4, cout // 4, leaky=leaky)
-        self.conv7x7_3 = _conv_bn(cout // 4, cout // 4, leaky=None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c5_1 = self.conv5X5_1(x)
-        c7 = self.conv7x7_3(self.conv7X7_2(c5_1))
-        return F.relu(torch.cat([self.conv3X3(x), self.conv5X5_2(c5_1), c7], dim=1))
-
-
-class _Head(nn.Module):
-    """1x1 conv predicting ``per_anchor`` values for each of 2 anchors per location."""
-
-    def __init__(self, cin: int, per_anchor: int, anchors: int = 2) -> None:
-        super().__init__()
-        self.per_anchor = per_anchor
-        self.conv1x1 = nn.Conv2d(cin, anchors * per_anchor, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1x1(x).permute(0, 2, 3, 1)
-        return out.reshape(out.shape[0], -1, self.per_anchor)
-
-
-class RetinaFace(nn.Module):
-    """RetinaFace network: body -> FPN -> SSH x3 -> class/box/landmark heads."""
-
-    def __init__(self, network: str = "mobilenet0.25") -> None:
-        super().__init__()
-        cfg = CONFIGS[network]
-        self.body = MobileNetBody() if network == "mobilenet0.25" else ResNet50Body()
-        c, out = cfg["in_channel"], cfg["out_channel"]
-        self.fpn = FPN([c * 2, c * 4, c * 8], out)
-        self.ssh1, self.ssh2, self.ssh3 = SSH(out, out), SSH(out, out), SSH(out, out)
-        self.ClassHead = nn.ModuleList([_Head(out, 2) for _ in range(3)])
-        self.BboxHead = nn.ModuleList([_Head(out, 4) for _ in range(3)])
-        self.LandmarkHead = nn.ModuleList([_Head(out, 10) for _ in range(3)])
-
-        # valid (h, w) of each image on a padded canvas; None: every image fills the canvas
+    def __init__(self, net: nn.Module) -> None:
         self._valid: torch.Tensor | None = None
-        self._masks: dict[tuple[int, int], torch.Tensor] = {}
         self._canvas: tuple[int, int] = (0, 0)
-        # the mask state lives on the module: one forward at a time per model
-        self._lock = threading.Lock()
-        for m in self.modules():
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
+        self.lock = threading.Lock()
+        for m in net.modules():
             if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1:
-                m.register_forward_pre_hook(self._mask_padding)
+                m.register_forward_pre_hook(self._hook)
 
-    def _mask_padding(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> Any:
-        """Zero the features outside each image's own area before a spatial conv.
-
-        A conv on a zero-padded canvas then computes, inside each image, exactly what it
-        computes on the image alone (whose borders the conv pads with zeros): padding an image
-        into a batch does not change its detections.
-        """
+    def _hook(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> Any:
         if self._valid is None:
             return None
         x = args[0]
@@ -226,90 +76,17 @@ class RetinaFace(nn.Module):
             self._masks[(h, w)] = mask
         return (x * mask.to(x.dtype),)
 
-    def forward(
-        self, x: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(box deltas (B,P,4), face probability softmax (B,P,2), landmark deltas (B,P,10)).
-
-        ``valid`` (B, 2): the height and width of each image placed top-left on the canvas
-        ``x`` (zeros elsewhere); features outside them are kept at zero (see ``_mask_padding``).
-        """
-        with self._lock:
-            self._valid = None if valid is None else valid.to(x.device, torch.float32)
-            self._canvas = (int(x.shape[-2]), int(x.shape[-1]))
+    @contextlib.contextmanager
+    def __call__(self, valid: torch.Tensor | None, canvas: tuple[int, int]) -> Iterator[None]:
+        """Within: forwards on a canvas of ``canvas`` (h, w) keep outside ``valid`` (B, 2) zero."""
+        with self.lock:
+            self._valid = None if valid is None else valid.float()
+            self._canvas = canvas
             self._masks = {}
             try:
-                return self._forward(x)
+                yield
             finally:
                 self._valid, self._masks = None, {}
-
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fpn = self.fpn(self.body(x))
-        feats = [self.ssh1(fpn[0]), self.ssh2(fpn[1]), self.ssh3(fpn[2])]
-        loc = torch.cat([h(f) for h, f in zip(self.BboxHead, feats, strict=True)], dim=1)
-        conf = torch.cat([h(f) for h, f in zip(self.ClassHead, feats, strict=True)], dim=1)
-        ldm = torch.cat([h(f) for h, f in zip(self.LandmarkHead, feats, strict=True)], dim=1)
-        return loc, F.softmax(conf, dim=-1), ldm
-
-
-# ----------------------------------------------------------------------------- anchors
-
-
-def priors_for(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Anchors (P, 4) as cx, cy, w, h in canvas PIXELS, in the order of the heads' outputs."""
-    out = []
-    for step, sizes in zip(STEPS, MIN_SIZES, strict=True):
-        fh, fw = math.ceil(height / step), math.ceil(width / step)
-        cy, cx = torch.meshgrid(
-            (torch.arange(fh, dtype=torch.float32) + 0.5) * step,
-            (torch.arange(fw, dtype=torch.float32) + 0.5) * step,
-            indexing="ij",
-        )
-        per = []
-        for s in sizes:
-            wh = torch.full_like(cx, float(s))
-            per.append(torch.stack([cx, cy, wh, wh], dim=-1))
-        out.append(torch.stack(per, dim=2).reshape(-1, 4))  # (fh, fw, anchors, 4)
-    return torch.cat(out).to(device)
-
-
-def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-    """Box deltas -> x1 y1 x2 y2 (same units as ``priors``)."""
-    centre = priors[:, :2] + loc[:, :2] * VARIANCE[0] * priors[:, 2:]
-    size = priors[:, 2:] * torch.exp(loc[:, 2:] * VARIANCE[1])
-    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
-
-
-def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-    """Landmark deltas (N, 10) -> points (N, 5, 2) (same units as ``priors``)."""
-    pts = pre.reshape(-1, 5, 2)
-    return priors[:, None, :2] + pts * VARIANCE[0] * priors[:, None, 2:]
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_weights(model: nn.Module, path: str | Path, network: str) -> None:
-    """Load a state dict strictly; a clear :class:`WeightsError` when it does not fit."""
-    try:
-        sd = load_state_dict(path)
-    except Exception as e:
-        raise WeightsError(f"cannot read RetinaFace weights {path}: {e}") from e
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        raise WeightsError(
-            f"{path} is not a RetinaFace {network} state dict (biubug6/Pytorch_Retinaface layout): "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys "
-            f"{unexpected[:3]}, {len(shapes)} shape mismatches {shapes[:3]}"
-        )
-    model.load_state_dict(sd, strict=True)
 
 
 # ----------------------------------------------------------------------------- backend
@@ -381,11 +158,7 @@ class RetinaFaceDetector:
         the same code. The graph cannot mask padding, so with ``exact_padding`` every image runs
         alone (a batch of one); without it mixed sizes share the mean-colour canvas unmasked.
         """
-        network = _ALIASES.get(network, network)
-        if network not in CONFIGS:
-            raise ValueError(
-                f"unknown RetinaFace network {network!r}; choose one of {sorted(CONFIGS)}"
-            )
+        network = network_name(network)
         if max_size is not None and max_size < 32:
             raise ValueError("max_size must be >= 32 or None")
         self.network = network
@@ -406,17 +179,10 @@ class RetinaFaceDetector:
         self.runtime = runtime
         self.half = bool(half) and self.device.type == "cuda" and runtime == "torch"
 
-        if weights is None:
-            info = weights_info(CONFIGS[network]["weights"])
-            path = fetch(info.name)
-            self._weights = {info.filename: info.sha256}
-        else:
-            path = Path(weights)
-            if not path.is_file():
-                raise WeightsError(f"RetinaFace weights file {path} does not exist")
-            self._weights = {path.name: sha256sum(path)}
-        self.model = RetinaFace(network)
-        load_weights(self.model, path, network)
+        resolved = resolve(weights, CONFIGS[network]["weights"], f"RetinaFace {network}")
+        self._weights = resolved.provenance()
+        self.model = load_weights(RetinaFace(network), resolved.path)
+        self._mask = PaddingMask(self.model)
         self.model.eval()
         self._session: Any = None
         if runtime == "onnx":
@@ -517,13 +283,17 @@ class RetinaFaceDetector:
         x = torch.from_numpy(canvas).to(self.device, non_blocking=True)
         x = (x.permute(0, 3, 1, 2).float() - self._mean).contiguous()
         padded = any(s != (ch, cw) for s in shapes)
-        valid = torch.tensor(shapes) if padded and self.exact_padding else None
+        valid = torch.tensor(shapes, device=self.device) if padded and self.exact_padding else None
         if self._session is not None:
             outs = self._session.run(["loc", "conf", "landmarks"], {"input": x.cpu().numpy()})
             loc, conf, ldm = (torch.from_numpy(o).to(self.device) for o in outs)
         else:
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
-                loc, conf, ldm = self.model(x, valid)
+            with (
+                self._mask(valid, (ch, cw)),
+                torch.autocast("cuda", dtype=torch.float16, enabled=self.half),
+            ):
+                loc, logits, ldm = self.model(x)
+            conf = F.softmax(logits.float(), dim=-1)
         loc, scores, ldm = loc.float(), conf[..., 1].float(), ldm.float()
         priors = self._priors_for(ch, cw)
 

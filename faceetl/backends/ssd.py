@@ -17,45 +17,14 @@ import numpy as np
 
 from faceetl.backends.base import Detections, register_backend
 from faceetl.backends.opencv import EYE_CASCADE, cascade_sha256, find_eyes
-from faceetl.weights import fetch, register_weights, weights_info
+from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
+from faceetl.weights import fetch, weights_info
 
 log = logging.getLogger(__name__)
 
 INPUT_SIZE = 300
 MEAN_BGR = (104.0, 177.0, 123.0)
 
-register_weights(
-    "ssd_tf_uint8",
-    "https://raw.githubusercontent.com/opencv/opencv_3rdparty/"
-    "7b425df276ba2161b8edaab0f0756f4a735d61b9/opencv_face_detector_uint8.pb",
-    "5c71d752ef2cbf2f457ac82fdd580fcb2522fd04c5efdaed18eb6d9e2843fbed",
-    "opencv_face_detector_uint8.pb",
-    "OpenCV res10 SSD face detector, TensorFlow uint8 graph",
-)
-register_weights(
-    "ssd_tf_pbtxt",
-    "https://raw.githubusercontent.com/supby/faced_test/"
-    "63154424b9e5bd7e5dcbafd9079c4e298028d39f/opencv_face_detector.pbtxt",
-    "5397808362fc6fb7c4044484848e297b22449d913a267fa7f8bd9d86dce29144",
-    "opencv_face_detector.pbtxt",
-    "Text graph for opencv_face_detector_uint8.pb (a revision of OpenCV's sample file)",
-)
-register_weights(
-    "ssd_caffe_prototxt",
-    "https://raw.githubusercontent.com/opencv/opencv/4.0.1/samples/dnn/face_detector/deploy.prototxt",
-    "f62621cac923d6f37bd669298c428bb7ee72233b5f8c3389bb893e35ebbcf795",
-    "deploy.prototxt",
-    "OpenCV res10 SSD Caffe deploy prototxt",
-)
-register_weights(
-    "ssd_caffe_model",
-    "https://raw.githubusercontent.com/opencv/opencv_3rdparty/"
-    "dnn_samples_face_detector_20170830/res10_300x300_ssd_iter_140000.caffemodel",
-    # the hash pinned by several independent public projects for this official file (10,666,211 bytes)
-    "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d",
-    "res10_300x300_ssd_iter_140000.caffemodel",
-    "OpenCV res10 SSD face detector, Caffe fp32 weights",
-)
 
 #: model name -> (weights of the network, weights of the graph/config)
 MODELS = {

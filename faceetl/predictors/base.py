@@ -72,7 +72,9 @@ def get_predictor(name: str, **params: Any) -> Predictor:
 def output_columns(name: str, **params: Any) -> dict[str, Any]:
     """The columns predictor ``name`` adds (without loading it), plus its provenance column."""
     factory = predictor_spec(name).factory
-    cols = factory.output_columns(**params) if hasattr(factory, "output_columns") else factory.columns
+    cols = (
+        factory.output_columns(**params) if hasattr(factory, "output_columns") else factory.columns
+    )
     return {**cols, f"{name}_provenance": "string[pyarrow]"}
 
 

@@ -40,7 +40,8 @@ import pyarrow as pa
 from PIL import Image
 
 from ..align import AlignSpec
-from ..weights import WeightsError, fetch, home, load_state_dict, register_weights, sha256sum
+from ..nets.fairface import load_model
+from ..weights import WeightsError, fetch, home, register_weights, sha256sum
 from .base import default_device, register_predictor
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ AGES = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+
 INPUT_SIZE = 224
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-N_OUTPUTS = 18
 
 #: the Google Drive folder FairFace's README links for its models (the only official source)
 DRIVE_FOLDER = "https://drive.google.com/drive/folders/1B2gAnEpJ6oC9sMkcwS8v5Wk8PtHycHOV"
@@ -127,43 +127,6 @@ def weights_path(rel: Release) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# ResNet-34 with torchvision's module names, so torchvision state dicts load as they are
-
-
-def _torch_modules() -> tuple[Any, Any]:
-    import torch
-    from torch import nn
-
-    return torch, nn
-
-
-def build_resnet34(num_outputs: int = N_OUTPUTS) -> Any:
-    """torchvision's ``resnet34()`` with ``fc = Linear(512, num_outputs)``, same state-dict keys."""
-    from ..nets import ResNet
-
-    return ResNet(34, num_classes=num_outputs)
-
-
-def load_model(path: str | os.PathLike) -> Any:
-    """A FairFace ResNet-34 from a state-dict file in the released layout (strict), in eval mode."""
-    torch, _ = _torch_modules()
-    sd = load_state_dict(path)
-    model = build_resnet34(N_OUTPUTS)
-    # files saved by torch < 0.4.1 lack BatchNorm's (unused in eval) batch counters
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked") and key not in sd:
-            sd[key] = torch.zeros_like(value)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise WeightsError(
-            f"{path} is not a FairFace ResNet-34 state dict (torchvision resnet34 keys with "
-            f"fc 512->{N_OUTPUTS}): {e}"
-        ) from e
-    return model.eval()
-
-
-# --------------------------------------------------------------------------------------------
 # preprocessing
 
 
@@ -175,7 +138,8 @@ def resize_224(crop: np.ndarray) -> np.ndarray:
 
 def preprocess(crops: Sequence[np.ndarray]) -> Any:
     """RGB uint8 crops -> float32 tensor (N, 3, 224, 224): ToTensor then ImageNet Normalize."""
-    torch, _ = _torch_modules()
+    import torch
+
     if len(crops) == 0:
         return torch.zeros((0, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.float32)
     for c in crops:
@@ -228,7 +192,8 @@ class FairFacePredictor:
         weights: str | os.PathLike | None = None,
         device: str | None = None,
     ) -> None:
-        torch, _ = _torch_modules()
+        import torch
+
         self.release = release_for(races, release)
         self.races = self.release.races
         self.labels = RACES_7 if self.races == 7 else RACES_4

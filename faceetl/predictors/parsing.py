@@ -27,55 +27,33 @@ import pyarrow as pa
 from PIL import Image
 
 from ..align import AlignSpec
-from ..weights import WeightsError, fetch, load_state_dict, register_weights, sha256sum
+from ..nets.bisenet import (  # noqa: F401 (WEIGHTS_FILE, build/load: the predictor's names)
+    CLASSES,
+    INPUT_SIZE,
+    N_CLASSES,
+    WEIGHTS_FILE,
+    WEIGHTS_NAME,
+    build_bisenet,
+    load_bisenet,
+)
+from ..nets.bisenet import MEAN as _MEAN
+from ..nets.bisenet import STD as _STD
+from ..weights import fetch, sha256sum
 from .base import default_device, register_predictor
 
 log = logging.getLogger(__name__)
 
 #: the 19 CelebAMask-HQ labels in the model's output order (index = label value in the mask)
-parsing_classes: tuple[str, ...] = (
-    "background",
-    "skin",
-    "l_brow",
-    "r_brow",
-    "l_eye",
-    "r_eye",
-    "eye_g",
-    "l_ear",
-    "r_ear",
-    "ear_r",
-    "nose",
-    "mouth",
-    "u_lip",
-    "l_lip",
-    "neck",
-    "neck_l",
-    "cloth",
-    "hair",
-    "hat",
-)
-N_CLASSES = len(parsing_classes)
-INPUT_SIZE = 512
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+parsing_classes: tuple[str, ...] = CLASSES
+MEAN = np.array(_MEAN, np.float32)
+STD = np.array(_STD, np.float32)
 #: default crop: a 512 px dlib face chip, loose enough for hair, ears and neck
 DEFAULT_PADDING = 0.75
 
-WEIGHTS_NAME = "parsing_bisenet"
-WEIGHTS_FILE = "79999_iter.pth"
 # The official file is a Google Drive download (id 154JgKpzCPW82qINcVieuPH3fZ2e0P812, linked from
 # the repository README). This is a commit-pinned Hugging Face mirror of it (used by MuseTalk's
 # download script); the sha256 and size (53,289,463 bytes) are pinned by several public projects
 # for 79999_iter.pth, and the same hash is that of CodeFormer/facexlib's parsing_bisenet.pth.
-register_weights(
-    WEIGHTS_NAME,
-    "https://huggingface.co/ManyOtherFunctions/face-parse-bisent/resolve/"
-    "0073b233a5a3c4b1377d4dbf49245017938a72b5/79999_iter.pth",
-    "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567",
-    WEIGHTS_FILE,
-    "BiSeNet face parsing (CelebAMask-HQ, 19 classes), zllrunning/face-parsing.PyTorch",
-)
-
 # a fixed palette for colorize(): background black, then one distinct colour per class
 _PALETTE = np.array(
     [
@@ -151,170 +129,6 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     if mask.ndim != 2:
         raise ValueError(f"a label mask is (H, W), got shape {mask.shape}")
     return _PALETTE[np.clip(mask, 0, N_CLASSES - 1).astype(np.intp)]
-
-
-def build_bisenet(n_classes: int = N_CLASSES) -> Any:
-    """BiSeNet (torch module) with the official module names; untrained."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class ConvBNReLU(nn.Module):
-        def __init__(self, cin: int, cout: int, ks: int = 3, stride: int = 1, padding: int = 1):
-            super().__init__()
-            self.conv = nn.Conv2d(cin, cout, ks, stride, padding, bias=False)
-            self.bn = nn.BatchNorm2d(cout)
-
-        def forward(self, x):
-            return F.relu(self.bn(self.conv(x)))
-
-    class BasicBlock(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int = 1):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.downsample = None
-            if cin != cout or stride != 1:
-                self.downsample = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x):
-            r = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-            s = x if self.downsample is None else self.downsample(x)
-            return F.relu(s + r)
-
-    def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
-
-    class Resnet18(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            self.layer1 = stage(64, 64, 1)
-            self.layer2 = stage(64, 128, 2)
-            self.layer3 = stage(128, 256, 2)
-            self.layer4 = stage(256, 512, 2)
-
-        def forward(self, x):
-            x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-            feat8 = self.layer2(self.layer1(x))
-            feat16 = self.layer3(feat8)
-            return feat8, feat16, self.layer4(feat16)
-
-    class AttentionRefinement(nn.Module):
-        def __init__(self, cin: int, cout: int):
-            super().__init__()
-            self.conv = ConvBNReLU(cin, cout, 3, 1, 1)
-            self.conv_atten = nn.Conv2d(cout, cout, 1, bias=False)
-            self.bn_atten = nn.BatchNorm2d(cout)
-
-        def forward(self, x):
-            feat = self.conv(x)
-            att = torch.sigmoid(self.bn_atten(self.conv_atten(F.adaptive_avg_pool2d(feat, 1))))
-            return feat * att
-
-    class ContextPath(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.resnet = Resnet18()
-            self.arm16 = AttentionRefinement(256, 128)
-            self.arm32 = AttentionRefinement(512, 128)
-            self.conv_head32 = ConvBNReLU(128, 128, 3, 1, 1)
-            self.conv_head16 = ConvBNReLU(128, 128, 3, 1, 1)
-            self.conv_avg = ConvBNReLU(512, 128, 1, 1, 0)
-
-        def forward(self, x):
-            feat8, feat16, feat32 = self.resnet(x)
-            avg = self.conv_avg(F.adaptive_avg_pool2d(feat32, 1))
-            avg_up = F.interpolate(avg, feat32.shape[2:], mode="nearest")
-            up32 = F.interpolate(self.arm32(feat32) + avg_up, feat16.shape[2:], mode="nearest")
-            up32 = self.conv_head32(up32)
-            up16 = F.interpolate(self.arm16(feat16) + up32, feat8.shape[2:], mode="nearest")
-            up16 = self.conv_head16(up16)
-            return feat8, up16, up32
-
-    class FeatureFusion(nn.Module):
-        def __init__(self, cin: int, cout: int):
-            super().__init__()
-            self.convblk = ConvBNReLU(cin, cout, 1, 1, 0)
-            self.conv1 = nn.Conv2d(cout, cout // 4, 1, bias=False)
-            self.conv2 = nn.Conv2d(cout // 4, cout, 1, bias=False)
-
-        def forward(self, fsp, fcp):
-            feat = self.convblk(torch.cat([fsp, fcp], dim=1))
-            att = F.adaptive_avg_pool2d(feat, 1)
-            att = torch.sigmoid(self.conv2(F.relu(self.conv1(att))))
-            return feat * att + feat
-
-    class Head(nn.Module):
-        def __init__(self, cin: int, mid: int, n: int):
-            super().__init__()
-            self.conv = ConvBNReLU(cin, mid, 3, 1, 1)
-            self.conv_out = nn.Conv2d(mid, n, 1, bias=False)
-
-        def forward(self, x):
-            return self.conv_out(self.conv(x))
-
-    class BiSeNet(nn.Module):
-        """Main-head logits at the input resolution (the auxiliary heads are not run)."""
-
-        def __init__(self, n: int):
-            super().__init__()
-            self.cp = ContextPath()
-            self.ffm = FeatureFusion(256, 256)
-            self.conv_out = Head(256, 256, n)
-            self.conv_out16 = Head(128, 64, n)
-            self.conv_out32 = Head(128, 64, n)
-
-        def forward(self, x):
-            feat8, cp8, _ = self.cp(x)
-            out = self.conv_out(self.ffm(feat8, cp8))
-            return F.interpolate(out, x.shape[2:], mode="bilinear", align_corners=True)
-
-    return BiSeNet(n_classes)
-
-
-def load_bisenet(path: str | os.PathLike) -> Any:
-    """BiSeNet with the weights of ``path`` (the official key layout), in eval mode.
-
-    Raises :class:`WeightsError` naming the missing, unexpected or mis-shaped keys when the file
-    is not a face-parsing.PyTorch BiSeNet state dict.
-    """
-    sd = load_state_dict(path)
-    if not isinstance(sd, dict):
-        raise WeightsError(f"{path} does not hold a state dict (got {type(sd).__name__})")
-    net = build_bisenet()
-    own = net.state_dict()
-    optional = {k for k in own if k.endswith("num_batches_tracked")}
-    missing = sorted(set(own) - set(sd) - optional)
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(
-        f"{k}: file {tuple(sd[k].shape)} != model {tuple(own[k].shape)}"
-        for k in set(own) & set(sd)
-        if hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or shapes:
-
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
-
-        parts = [
-            f"{name}: {few(keys)}"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
-            if keys
-        ]
-        raise WeightsError(
-            f"{path} is not a face-parsing.PyTorch BiSeNet (19-class {WEIGHTS_FILE}) state dict; "
-            + "; ".join(parts)
-        )
-    # a plain dict carries no version metadata, so BatchNorm fills a missing num_batches_tracked
-    net.load_state_dict(sd, strict=True)
-    return net.eval()
 
 
 @register_predictor("parsing", gpu=True)

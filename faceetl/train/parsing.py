@@ -12,7 +12,7 @@ present. :func:`merge_part_masks` turns them into one label map as zllrunning/fa
 prepares its training labels: the parts of :data:`PARTS` are painted in that order with
 ``label = index + 1`` (0 = background), so a pixel in two part masks gets the later part
 (hair over skin, for instance). This is the order of the model's 19 outputs
-(:data:`faceetl.predictors.parsing.parsing_classes`). Note that CelebAMask-HQ's own
+(:data:`faceetl.nets.bisenet.CLASSES`). Note that CelebAMask-HQ's own
 ``face_parsing/Data_preprocessing/g_mask.py`` paints in another order (:data:`G_MASK_PARTS`,
 labels 1..18 in *that* order); pass ``parts=G_MASK_PARTS`` to reproduce its label maps. A
 prepared layout — images plus one label PNG per image with the same stem (``CelebA-HQ-img`` +
@@ -59,7 +59,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..predictors.parsing import MEAN, STD, build_bisenet, load_bisenet, parsing_classes
+from ..nets.bisenet import CLASSES as parsing_classes
+from ..nets.bisenet import MEAN as _MEAN
+from ..nets.bisenet import STD as _STD
+from ..nets.bisenet import build_bisenet, load_bisenet
 from ._common import LAST, autocast, checkpoint_file, plain, save
 from ._common import progress as progress_bar
 
@@ -89,6 +92,8 @@ G_MASK_PARTS: tuple[str, ...] = (
     "cloth",
 )
 CLASSES: tuple[str, ...] = parsing_classes
+MEAN = np.array(_MEAN, np.float32)
+STD = np.array(_STD, np.float32)
 N_CLASSES = len(CLASSES)
 assert CLASSES[1:] == PARTS
 IGNORE_LABEL = 255
@@ -711,7 +716,7 @@ def train(
     With ``checkpoint_dir`` a checkpoint is written after every epoch (``epoch_001.pt`` ... when
     ``keep_epochs``, and ``last.pt``) holding the model under ``"state_dict"`` — so the file
     loads as ``ParsingPredictor(weights=...)`` and with
-    :func:`faceetl.predictors.parsing.load_bisenet` — plus the optimiser, scaler, epoch,
+    :func:`faceetl.nets.bisenet.load_bisenet` — plus the optimiser, scaler, epoch,
     iteration, metrics and config; :func:`export_weights` writes the bare state dict. With
     ``resume`` a run finding ``last.pt`` continues from it up to ``epochs`` (total); each epoch's
     shuffling and augmentation are seeded from ``seed`` and the epoch number, so a resumed run

@@ -45,16 +45,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..backends.retinaface import (
-    _ALIASES,
-    CONFIGS,
-    MEAN_BGR,
+from ..align import five_from_68
+from ..images import load_image
+from ..nets import list_weights
+from ..nets.nms import box_iou
+from ..nets.retinaface import ALIASES as _ALIASES
+from ..nets.retinaface import CONFIGS, MEAN_BGR, RetinaFace
+from ..nets.retinaface_priors import (
     VARIANCE,
-    RetinaFace,
-    priors_for,
+    encode,
+    encode_landm,
+    match,
+    normalised_priors,
+    point_form,
 )
-from ..io import load_image
-from ..weights import WeightsError, fetch, list_weights, load_state_dict, weights_info
+from ..weights import WeightsError, fetch, load_state_dict, weights_info
 from ._common import LAST, autocast, plain, save
 from ._common import progress as progress_bar
 
@@ -210,17 +215,6 @@ def read_retinaface_labels(path: str | os.PathLike) -> list[ImageAnnotation]:
         rows.append((nums + [-1.0] * 20)[:20])
     flush()
     return out
-
-
-def five_from_68(p68: np.ndarray) -> np.ndarray:
-    """RetinaFace's five points from iBUG 68: eye centres (36-41, 42-47), nose 30, mouth 48 / 54,
-    each pair ordered by image x."""
-    p = np.asarray(p68, np.float32).reshape(68, 2)
-    eyes = [p[36:42].mean(axis=0), p[42:48].mean(axis=0)]
-    mouth = [p[48], p[54]]
-    eyes.sort(key=lambda q: float(q[0]))
-    mouth.sort(key=lambda q: float(q[0]))
-    return np.stack([eyes[0], eyes[1], p[30], mouth[0], mouth[1]]).astype(np.float32)
 
 
 def read_dlib_xml(path: str | os.PathLike, keep_ignored: bool = False) -> list[ImageAnnotation]:
@@ -567,88 +561,6 @@ def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
 # ============================================================================ matching and loss
 
 
-def point_form(priors: torch.Tensor) -> torch.Tensor:
-    """cx cy w h -> x1 y1 x2 y2."""
-    return torch.cat([priors[:, :2] - priors[:, 2:] / 2, priors[:, :2] + priors[:, 2:] / 2], 1)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU (A, B) of x1 y1 x2 y2 boxes."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(dim=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(dim=1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
-
-
-def normalised_priors(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The anchors (P, 4) cx cy w h of a ``size`` x ``size`` input, in units of the side."""
-    return priors_for(size, size, device) / float(size)
-
-
-def encode(matched: torch.Tensor, priors: torch.Tensor, variances=VARIANCE) -> torch.Tensor:
-    """Boxes x1 y1 x2 y2 (P, 4) -> regression targets against ``priors`` (cx cy w h)."""
-    centre = ((matched[:, :2] + matched[:, 2:]) / 2 - priors[:, :2]) / (
-        variances[0] * priors[:, 2:]
-    )
-    wh = (matched[:, 2:] - matched[:, :2]).clamp(min=1e-12) / priors[:, 2:]
-    return torch.cat([centre, torch.log(wh) / variances[1]], 1)
-
-
-def encode_landm(matched: torch.Tensor, priors: torch.Tensor, variances=VARIANCE) -> torch.Tensor:
-    """Landmarks (P, 10) -> regression targets (P, 10) against ``priors``."""
-    pts = matched.reshape(-1, 5, 2)
-    out = (pts - priors[:, None, :2]) / (variances[0] * priors[:, None, 2:])
-    return out.reshape(-1, 10)
-
-
-def match(
-    truths: torch.Tensor,
-    labels: torch.Tensor,
-    landms: torch.Tensor,
-    priors: torch.Tensor,
-    threshold: float = 0.35,
-    variances=VARIANCE,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Match priors to faces; ``(loc_t (P, 4), conf_t (P,), landm_t (P, 10))``.
-
-    Each prior takes the face it overlaps most; below ``threshold`` IoU it is background
-    (conf 0), else its conf is the face's label (1, or -1 for a face without landmarks).
-    Every face whose best prior reaches IoU 0.2 gets that prior whatever its overlap (the
-    reference's "ignore hard gt" rule); a prior that is the best of several faces goes to the
-    last of them, as in the reference loop.
-    """
-    num_priors = priors.shape[0]
-    dev = priors.device
-    if truths.numel() == 0:
-        return (
-            torch.zeros(num_priors, 4, device=dev),
-            torch.zeros(num_priors, dtype=torch.long, device=dev),
-            torch.zeros(num_priors, 10, device=dev),
-        )
-    overlaps = box_iou(truths, point_form(priors))  # (G, P)
-    best_prior_overlap, best_prior_idx = overlaps.max(1)
-    valid = best_prior_overlap >= 0.2
-    if not bool(valid.any()):
-        return (
-            torch.zeros(num_priors, 4, device=dev),
-            torch.zeros(num_priors, dtype=torch.long, device=dev),
-            torch.zeros(num_priors, 10, device=dev),
-        )
-    best_truth_overlap, best_truth_idx = overlaps.max(0)
-    best_truth_overlap = best_truth_overlap.index_fill(0, best_prior_idx[valid], 2.0)
-    # every face gets its best prior; on ties the highest face index wins (the reference loop)
-    forced = torch.full((num_priors,), -1, dtype=torch.long, device=dev)
-    forced.scatter_reduce_(0, best_prior_idx, torch.arange(len(truths), device=dev), reduce="amax")
-    best_truth_idx = torch.where(forced >= 0, forced, best_truth_idx)
-    conf = labels[best_truth_idx].long()
-    conf[best_truth_overlap < threshold] = 0
-    loc = encode(truths[best_truth_idx], priors, variances)
-    landm = encode_landm(landms[best_truth_idx], priors, variances)
-    return loc, conf, landm
-
-
 def hard_negatives(loss_c: torch.Tensor, pos: torch.Tensor, ratio: float = 7) -> torch.Tensor:
     """Per image (rows), the ``ratio`` x positives highest-loss non-positive priors (bool mask).
 
@@ -735,23 +647,6 @@ class MultiBoxLoss(nn.Module):
 
 
 # ============================================================================ model helpers
-
-
-class _TrainNet(nn.Module):
-    """RetinaFace returning class logits (its own forward gives softmax probabilities)."""
-
-    def __init__(self, net: RetinaFace) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = self.net
-        fpn = n.fpn(n.body(x))
-        feats = [n.ssh1(fpn[0]), n.ssh2(fpn[1]), n.ssh3(fpn[2])]
-        loc = torch.cat([h(f) for h, f in zip(n.BboxHead, feats, strict=True)], dim=1)
-        conf = torch.cat([h(f) for h, f in zip(n.ClassHead, feats, strict=True)], dim=1)
-        ldm = torch.cat([h(f) for h, f in zip(n.LandmarkHead, feats, strict=True)], dim=1)
-        return loc, conf, ldm
 
 
 def _network(network: str) -> str:
@@ -877,7 +772,7 @@ def evaluate_loss(
     amp = dev.type == "cuda" if amp is None else bool(amp)
     was_training = model.training
     model.to(dev).eval()
-    net = _TrainNet(model)
+    net = model
     crit = MultiBoxLoss(threshold, neg_pos_ratio)
     priors = normalised_priors(dataset.image_size, dev)
     sums = dict.fromkeys(("loss", "loss_loc", "loss_conf", "loss_landm"), 0.0)
@@ -1148,7 +1043,7 @@ def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[RetinaFace
         kind = load_init(model, Path(cfg.init))
         log.info("initialised %s from %s (%s)", cfg.network, cfg.init, kind)
     model.to(dev)
-    net: nn.Module = _TrainNet(model)
+    net: nn.Module = model
     if distributed:
         net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.SGD(

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .backends.base import backend_spec
+from ..backends.base import backend_spec
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from . import schema
-from .align import estimate_transform, warp
-from .io import decode_png, load_image
-from .predictors.base import REGISTRY, get_predictor, output_columns, predictor_spec
+from .. import schema
+from ..align import estimate_transform, warp
+from ..images import decode_png, load_image
+from ..predictors.base import REGISTRY, get_predictor, output_columns, predictor_spec
 
 
 def _crops_for(

@@ -4,49 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import IMAGES
-from faceetl.io import ImageError, decode_png, encode_png, load_image
-
-FACE = IMAGES / "single" / "fr_obama_small.jpg"
-
-
-def make_bad_inputs(folder) -> dict[str, object]:
-    """Files of every awkward kind, built from a real photo; name -> path (or expected error)."""
-    src = Image.open(FACE).convert("RGB")
-    out = {}
-    (folder / "zero.jpg").write_bytes(b"")
-    out["zero"] = folder / "zero.jpg"
-    data = FACE.read_bytes()
-    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
-    out["truncated"] = folder / "truncated.jpg"
-    (folder / "text.jpg").write_text("this is not an image\n")
-    out["text"] = folder / "text.jpg"
-    src.convert("L").save(folder / "gray.png")
-    out["gray"] = folder / "gray.png"
-    rgba = src.convert("RGBA")
-    rgba.putalpha(200)
-    rgba.save(folder / "rgba.png")
-    out["rgba"] = folder / "rgba.png"
-    a16 = (np.asarray(src.convert("L"), np.uint16) * 257).astype(np.uint16)
-    Image.fromarray(a16).save(folder / "sixteen.png")
-    out["sixteen"] = folder / "sixteen.png"
-    src.convert("CMYK").save(folder / "cmyk.jpg")
-    out["cmyk"] = folder / "cmyk.jpg"
-    # stored rotated 90 degrees; the EXIF orientation tag (6 = rotate 90 CW to view) undoes it
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    src.transpose(Image.Transpose.ROTATE_90).save(folder / "exif_rotated.jpg", exif=exif)
-    out["exif"] = folder / "exif_rotated.jpg"
-    big = folder / "huge.png"
-    Image.new("L", (20000, 20000)).save(big, optimize=False, compress_level=1)
-    out["huge"] = big
-    uni = folder / "visages_été_顔.jpg"
-    uni.write_bytes(data)
-    out["unicode"] = uni
-    out["missing"] = folder / "does_not_exist.jpg"
-    return out
+from faceetl.images import ImageError, decode_png, encode_png, load_image
+from helpers import FACE, IMAGES, make_bad_inputs
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tensor operations shared by the torch backends."""
+"""Non-maximum suppression and pairwise IoU on torch tensors (torchvision where it imports)."""
 
 from __future__ import annotations
 
@@ -19,18 +19,23 @@ def _torchvision_nms():
         return None
 
 
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU (A, B) of x1 y1 x2 y2 boxes (degenerate boxes have area 0)."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
 def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy NMS in plain torch: indices kept, by decreasing score (torchvision's semantics)."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     b = boxes[order].float()
-    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt = torch.maximum(b[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    over = (inter / (area[:, None] + area[None, :] - inter)) > iou_threshold
-    over = over.cpu()
+    over = (box_iou(b, b) > iou_threshold).cpu()
     n = len(b)
     removed = torch.zeros(n, dtype=torch.bool)
     keep = []

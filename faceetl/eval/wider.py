@@ -459,7 +459,7 @@ def detect_widerface(
     written in the official txt layout (:func:`write_widerface_txt`; ``gt_dir`` is needed there
     only when the images do not sit in event folders).
     """
-    from .pipeline import IMAGE_EXTENSIONS, compute, extract_faces
+    from ..pipeline.extract import IMAGE_EXTENSIONS, compute, extract_faces
 
     root = Path(image_dir)
     paths = sorted(

@@ -23,10 +23,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from . import schema
-from .align import AlignSpec, estimate_transform, warp
-from .backends.base import REGISTRY, Detections, backend_spec, get_backend
-from .io import ImageError, encode_png, load_image
+from .. import schema
+from ..align import AlignSpec, estimate_transform, warp
+from ..backends.base import REGISTRY, Detections, backend_spec, get_backend
+from ..images import ImageError, encode_png, load_image
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,9 @@ def _detect_isolating(detector: Any, images: list[np.ndarray]) -> list[Detection
         if "out of memory" in str(batch_error).lower():
             _free_device_memory()
         half = len(images) // 2
-        return _detect_isolating(detector, images[:half]) + _detect_isolating(detector, images[half:])
+        return _detect_isolating(detector, images[:half]) + _detect_isolating(
+            detector, images[half:]
+        )
 
 
 def _free_device_memory() -> None:
@@ -242,7 +244,9 @@ def extract_partition(
                 emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
                 continue
             try:
-                emit(i, _face_rows(paths[i], image, det, base, spec, crop_dir, crop_root, keep_crops))
+                emit(
+                    i, _face_rows(paths[i], image, det, base, spec, crop_dir, crop_root, keep_crops)
+                )
             except Exception as e:
                 status = schema.error_status(f"alignment failed ({type(e).__name__}: {e})")
                 emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
@@ -275,7 +279,9 @@ def extract_faces(
     """
     backend_spec(backend)  # unknown names fail here, not on the workers
     spec = AlignSpec(template, size, padding)
-    ddf = paths if isinstance(paths, dd.DataFrame) and "path" in paths.columns else read_images(paths)
+    ddf = (
+        paths if isinstance(paths, dd.DataFrame) and "path" in paths.columns else read_images(paths)
+    )
     carried = schema.check_carried(ddf.columns)
     meta = schema.meta(ddf._meta[carried])
     return ddf.map_partitions(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .align import transform_points
-from .backends.base import box_iou
-from .schema import STATUS_OK, boxes_array, landmarks_array
+from ..align import transform_points
+from ..boxes import box_iou
+from ..schema import STATUS_OK, boxes_array, landmarks_array
 
 
 def match_faces(a: pd.DataFrame, b: pd.DataFrame, min_iou: float = 0.5) -> pd.DataFrame:
