@@ -57,7 +57,9 @@ def main() -> None:
     cv2.setNumThreads(1)
     spec = AlignSpec()
 
-    client = faceetl.cluster(concurrency=args.workers, gpu=False, dashboard_address=None, quiet=True)
+    client = faceetl.cluster(
+        concurrency=args.workers, gpu=False, dashboard_address=None, quiet=True
+    )
     rows, tables = [], {}
     for name in args.backends:
         params = BACKENDS.get(name, {})
@@ -71,7 +73,10 @@ def main() -> None:
 
         client.run(_load, name, params)  # every worker loads the model before timing
         faces = faceetl.extract_faces(
-            faceetl.read_images(paths, npartitions=args.workers * 4), backend=name, batch_size=8, **params
+            faceetl.read_images(paths, npartitions=args.workers * 4),
+            backend=name,
+            batch_size=8,
+            **params,
         )
         warm = faceetl.extract_faces(  # other partitions: other keys, nothing reused from it
             faceetl.read_images(paths, npartitions=args.workers * 4 + 1), backend=name, **params
@@ -82,7 +87,8 @@ def main() -> None:
         dask_ips = len(paths) / (time.perf_counter() - t)
         assert set(out["path"]) == set(paths)
         counts = {
-            p.stem[:18]: int(((first["path"] == str(p)) & (first["status"] == "ok")).sum()) for p in group
+            p.stem[:18]: int(((first["path"] == str(p)) & (first["status"] == "ok")).sum())
+            for p in group
         }
         rows.append({"backend": name, **counts, "loop img/s (1 core)": round(loop_ips, 2),
                      f"dask img/s ({args.workers} workers)": round(dask_ips, 2),
@@ -94,7 +100,9 @@ def main() -> None:
     print("\nfaces found per group photo, and throughput (same images, same run)")
     print(pd.DataFrame(rows).set_index("backend").T.to_string())
     if "dlib" in tables:
-        print("\neye-centre agreement between backends (fraction of a 112 px crop; dlib 68-pt eyes as reference)")
+        print(
+            "\neye-centre agreement between backends (fraction of a 112 px crop; dlib 68-pt eyes as reference)"
+        )
         agree = []
         names = list(tables)
         for i, a in enumerate(names):

@@ -6,7 +6,14 @@
 """
 
 from .align import AlignSpec, align_face, arcface_template, dlib_template
-from .backends.base import Detections, Detector, get_backend, list_backends, register_backend
+from .backends.base import (
+    BaseDetector,
+    Detections,
+    Detector,
+    get_backend,
+    list_backends,
+    register_backend,
+)
 from .images import ImageError, decode_png, load_image
 from .pife import Pife
 from .pipeline.cluster import cluster
@@ -19,9 +26,10 @@ from .weights import WeightsError, fetch, register_weights
 __version__ = "0.1.0"
 
 _LAZY = {
-    "FaceDataset": "data",
-    "stratified_split": "data",
-    "read_fairface": "data",
+    "FaceDataset": "datasets.faces",
+    "stratified_split": "datasets.split",
+    "read_fairface": "datasets.fairface",
+    "datasets": "datasets",
     "train": "train",
     "eval": "eval",
 }
@@ -41,6 +49,7 @@ __all__ = [
     "SCHEMA",
     "FaceDataset",
     "AlignSpec",
+    "BaseDetector",
     "Detections",
     "Detector",
     "ImageError",

@@ -30,6 +30,27 @@ def assert_boxes_inside(boxes: np.ndarray, image: np.ndarray) -> None:
     assert (boxes[:, 2:] > boxes[:, :2]).all()
 
 
+def assert_valid_detections(det: object, image: np.ndarray, score_threshold: float = 0.0) -> None:
+    """The backend contract for one image's Detections: float32 arrays of matching lengths,
+    boxes inside the image with positive size, finite scores in [score_threshold, 1] best first,
+    and each landmark point either finite or NaN in both coordinates."""
+    from faceetl.backends.base import Detections
+
+    assert isinstance(det, Detections)
+    n = len(det)
+    assert det.boxes.shape == (n, 4) and det.boxes.dtype == np.float32
+    assert det.scores.shape == (n,) and det.scores.dtype == np.float32
+    assert det.landmarks.shape == (n, 5, 2) and det.landmarks.dtype == np.float32
+    for key, values in det.extra.items():
+        assert len(values) == n, key
+    assert_boxes_inside(det.boxes, image)
+    assert np.isfinite(det.scores).all()
+    assert ((det.scores >= score_threshold) & (det.scores <= 1)).all()
+    assert (np.diff(det.scores) <= 0).all()  # best first
+    assert not np.isinf(det.landmarks).any()
+    assert (np.isnan(det.landmarks[..., 0]) == np.isnan(det.landmarks[..., 1])).all()
+
+
 def recall(pred: np.ndarray, gt: np.ndarray, thr: float = 0.5) -> float:
     """Fraction of ground-truth boxes matched by some prediction at IoU >= thr."""
     if len(gt) == 0:

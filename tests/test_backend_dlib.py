@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -10,7 +9,16 @@ import pytest
 
 from faceetl.backends.base import Detections, backend_spec, get_backend
 from faceetl.weights import sha256sum, weights_info
-from helpers import ANNOTATIONS, IMAGES, SHARED, dlib_pascal_boxes, iou, load_rgb, recall
+from helpers import (
+    ANNOTATIONS,
+    IMAGES,
+    SHARED,
+    assert_valid_detections,
+    dlib_pascal_boxes,
+    iou,
+    load_rgb,
+    recall,
+)
 
 PASCAL = IMAGES / "dlib_pascal"
 
@@ -33,20 +41,10 @@ def _astronaut() -> np.ndarray:
     return skimage.data.astronaut()
 
 
-def _check_contract(det: Detections, shape: tuple[int, ...]) -> None:
-    h, w = shape[:2]
-    n = len(det)
-    assert det.boxes.shape == (n, 4) and det.scores.shape == (n,)
-    assert det.landmarks.shape == (n, 5, 2)
-    assert np.all((det.scores >= 0) & (det.scores <= 1))
-    assert np.all(det.boxes[:, [0, 2]] >= 0) and np.all(det.boxes[:, [0, 2]] <= w)
-    assert np.all(det.boxes[:, [1, 3]] >= 0) and np.all(det.boxes[:, [1, 3]] <= h)
-    assert np.all(det.boxes[:, 2] > det.boxes[:, 0]) and np.all(det.boxes[:, 3] > det.boxes[:, 1])
-    for v in det.extra.values():
-        assert len(v) == n
+def _check_contract(det: Detections, image: np.ndarray) -> None:
+    assert_valid_detections(det, image)
     # scores are a monotonic map of the raw dlib margin, best first
     raw = det.extra["raw_score"]
-    assert np.all(np.diff(det.scores) <= 0)
     assert np.all(np.diff(raw) <= 1e-6)
 
 
@@ -59,7 +57,7 @@ def test_registered_and_cached():
 def test_astronaut_one_face(hog):
     img = _astronaut()
     det = hog.detect_batch([img])[0]
-    _check_contract(det, img.shape)
+    _check_contract(det, img)
     assert len(det) == 1
     x1, y1, x2, y2 = det.boxes[0]
     # the astronaut's face is in the upper middle of the 512x512 image
@@ -72,8 +70,9 @@ def test_astronaut_one_face(hog):
 
 
 def test_threshold_zero_finds_the_false_face():
-    # the reason for the default threshold: dlib's own threshold 0 reports a second "face"
-    det = get_backend("dlib", threshold=0.0, landmarks=None).detect_batch([_astronaut()])[0]
+    # the reason for the default threshold: dlib's own threshold (raw 0, score 0.5) reports a
+    # second "face"
+    det = get_backend("dlib", score_threshold=0.5, landmarks=None).detect_batch([_astronaut()])[0]
     assert len(det) == 2
     assert np.all(np.isnan(det.landmarks))
     assert det.extra["raw_score"].min() < 0.15 < det.extra["raw_score"].max()
@@ -87,7 +86,7 @@ def test_pascal_recall(pascal_dets):
     assert overall >= 0.9, per_image
     assert min(per_image.values()) >= 0.8, per_image
     for n, det in pascal_dets.items():
-        _check_contract(det, load_rgb(PASCAL / n).shape)
+        _check_contract(det, load_rgb(PASCAL / n))
         # at most one stray detection per image beyond the annotated faces
         assert len(det) <= len(gt[n]) + 1, (n, len(det), len(gt[n]))
 
@@ -131,7 +130,7 @@ def test_68_landmarks_vs_breakingbad_pts(hog):
     lines = (IMAGES / "landmarks" / "breakingbad.pts").read_text().split("{")[1].split("}")[0]
     ref = np.array(lines.split(), float).reshape(68, 2) - 1.0  # .pts is 1-based
     det = hog.detect_batch([img])[0]
-    _check_contract(det, img.shape)
+    _check_contract(det, img)
     ref_box = np.r_[ref.min(0), ref.max(0)][None]
     overlap = iou(ref_box, det.boxes)[0]
     j = int(overlap.argmax())
@@ -166,7 +165,7 @@ def test_cnn_detector_small_image(hog):
     img = load_rgb(IMAGES / "single" / "fr_obama_small.jpg")
     cnn = get_backend("dlib", detector="cnn")
     det = cnn.detect_batch([img])[0]
-    _check_contract(det, img.shape)
+    _check_contract(det, img)
     assert len(det) == 1
     assert iou(det.boxes, hog.detect_batch([img])[0].boxes).max() >= 0.5
     assert np.all(np.isfinite(det.landmarks)) and det.landmarks[0, 0, 0] < det.landmarks[0, 1, 0]
@@ -189,7 +188,7 @@ def test_batch_order_empty_image_and_provenance(hog):
     ]
     assert iou(dets[0].boxes, mirrored).max(axis=1).min() >= 0.5  # HOG is not mirror-exact
     assert np.all(dets[2].landmarks[:, 0, 0] < dets[2].landmarks[:, 1, 0])
-    prov = hog.provenance()
-    json.dumps(prov)
-    assert prov["detector"] == "hog" and prov["upsample"] == 1 and prov["threshold"] == 0.15
+    prov = hog.provenance()  # JSON with backend, weights and device: test_backend_contract.py
+    assert prov["detector"] == "hog" and prov["upsample"] == 1 and prov["raw_threshold"] == 0.15
+    assert prov["score_threshold"] == 1.0 / (1.0 + np.exp(-0.15))
     assert len(prov["weights"]["shape_predictor_68_face_landmarks.dat"]) == 64

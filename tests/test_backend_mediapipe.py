@@ -10,12 +10,20 @@ import pytest
 
 from faceetl.backends.base import Detections, get_backend
 from faceetl.weights import WeightsError
-from helpers import IMAGES, SHARED, dlib_pascal_boxes, iou, load_rgb, recall
+from helpers import (
+    IMAGES,
+    SHARED,
+    assert_valid_detections,
+    dlib_pascal_boxes,
+    iou,
+    load_rgb,
+    recall,
+)
 
 SHORT_SHA = "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"
 FULL_SHA = "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce"
 
-# faces found at the defaults (confidence 0.5, suppression 0.3), measured with mediapipe 1.2.2
+# faces found at the defaults (score_threshold 0.5, nms_threshold 0.3), measured with mediapipe 1.2.2
 GROUP_COUNTS = {
     "short": {
         "deepface_couple.jpg": 2,
@@ -59,15 +67,10 @@ def group_images() -> dict[str, np.ndarray]:
 
 
 def _check(det: Detections, image: np.ndarray) -> None:
-    h, w = image.shape[:2]
+    assert_valid_detections(det, image, score_threshold=0.5)
     n = len(det)
-    assert det.boxes.shape == (n, 4) and det.landmarks.shape == (n, 5, 2)
     assert det.extra["keypoints6"].shape == (n, 6, 2)
     assert det.extra["refined"].shape == (n,) and det.extra["refined"].dtype == bool
-    assert np.all((det.scores >= 0.5) & (det.scores <= 1))
-    assert np.all(det.boxes[:, [0, 2]] >= 0) and np.all(det.boxes[:, [0, 2]] <= w)
-    assert np.all(det.boxes[:, [1, 3]] >= 0) and np.all(det.boxes[:, [1, 3]] <= h)
-    assert np.all(det.boxes[:, 2] > det.boxes[:, 0]) and np.all(det.boxes[:, 3] > det.boxes[:, 1])
 
 
 def test_tasks_api_refuses_the_legacy_model_as_is():
@@ -158,7 +161,6 @@ def test_mixed_batch(short):
     for det, img in zip(out, imgs, strict=True):
         _check(det, img)
     assert [len(d) for d in out] == [2, 1, 1, 0, 1]
-    assert short.detect_batch([]) == []
     # same answer alone as in the batch
     alone = short.detect_batch([imgs[4]])[0]
     np.testing.assert_array_equal(alone.boxes, out[4].boxes)
@@ -191,7 +193,7 @@ def test_provenance(short, full, full_unrefined):
         json.dumps(p)
         assert p["weights"] == weights
         assert p["refine"] is refine and p["refine_scale"] == 2.0
-        assert p["min_detection_confidence"] == 0.5 and p["min_suppression_threshold"] == 0.3
+        assert p["score_threshold"] == 0.5 and p["nms_threshold"] == 0.3
         assert set(p["task_model_sha256"]) == set(weights)
         for fname, sha in p["task_model_sha256"].items():
             assert len(sha) == 64 and sha != weights[fname]

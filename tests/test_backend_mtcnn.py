@@ -11,7 +11,15 @@ import torch
 
 from faceetl.backends.base import Detections, backend_spec, get_backend
 from faceetl.weights import fetch, load_state_dict, weights_info
-from helpers import ANNOTATIONS, IMAGES, dlib_pascal_boxes, iou, load_rgb, recall
+from helpers import (
+    ANNOTATIONS,
+    IMAGES,
+    assert_valid_detections,
+    dlib_pascal_boxes,
+    iou,
+    load_rgb,
+    recall,
+)
 
 GROUP = IMAGES / "group"
 
@@ -30,12 +38,7 @@ def ref():
 
 
 def _check(d: Detections, image: np.ndarray) -> None:
-    h, w = image.shape[:2]
-    assert d.boxes.dtype == np.float32 and d.boxes.shape == (len(d), 4)
-    assert d.landmarks.shape == (len(d), 5, 2)
-    assert np.all((d.scores >= 0.7) & (d.scores <= 1))
-    assert np.all(d.boxes[:, [0, 1]] >= 0) and np.all(d.boxes[:, 2] <= w)
-    assert np.all(d.boxes[:, 3] <= h) and np.all(d.boxes[:, 2:] > d.boxes[:, :2])
+    assert_valid_detections(d, image, score_threshold=0.7)
     assert not np.isnan(d.landmarks).any()
 
 
@@ -48,7 +51,8 @@ def test_registry_weights_and_provenance(det) -> None:
         "rnet.pt": "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86",
         "onet.pt": "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
     }
-    assert prov["thresholds"] == [0.6, 0.7, 0.7] and prov["factor"] == 0.709
+    assert prov["stage_thresholds"] == [0.6, 0.7] and prov["score_threshold"] == 0.7
+    assert prov["factor"] == 0.709
     for n in ("pnet", "rnet", "onet"):
         wf = weights_info(f"mtcnn_{n}")
         assert wf.filename == f"{n}.pt" and wf.url.startswith("https://raw.githubusercontent.com/")
@@ -139,11 +143,14 @@ def test_group_counts(det) -> None:
     assert [len(d) for d in out] == [6, 2, 2]
 
 
-def test_no_faces_and_tiny_inputs(det) -> None:
+def test_no_faces_tiny_inputs_and_bad_thresholds(det) -> None:
+    from faceetl.backends.mtcnn import MTCNNDetector
+
     flat = np.full((300, 400, 3), 128, np.uint8)
     tiny = load_rgb(IMAGES / "single" / "fr_obama_small.jpg")[:15, :15].copy()
     out = det.detect_batch([flat, tiny])
     assert [len(d) for d in out] == [0, 0]
-    assert det.detect_batch([]) == []
-    with pytest.raises(ValueError):
-        det.detect_batch([flat[:, :, 0]])
+    with pytest.raises(ValueError, match="stage_thresholds must be two numbers"):
+        MTCNNDetector(stage_thresholds=(0.6, 0.7, 0.7))
+    with pytest.raises(ValueError, match="thresholds must be three numbers"):
+        MTCNNDetector(thresholds=(0.6, 0.7))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -13,7 +12,15 @@ import torch
 from faceetl.backends.base import Detections, backend_spec, get_backend
 from faceetl.backends.retinaface import RetinaFaceDetector
 from faceetl.weights import WeightsError, fetch, sha256sum
-from helpers import IMAGES, dlib_pascal_boxes, iou, load_rgb, recall, wider_gt
+from helpers import (
+    IMAGES,
+    assert_valid_detections,
+    dlib_pascal_boxes,
+    iou,
+    load_rgb,
+    recall,
+    wider_gt,
+)
 
 MOBILENET_SHA = "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220"
 GROUP = sorted((IMAGES / "group").glob("*.jpg"))
@@ -59,7 +66,7 @@ def test_registry_entry() -> None:
 
 @pytest.mark.parametrize("name,conf", sorted(WIDER_REFERENCE))
 def test_wider_recall_matches_reference(name: str, conf: float) -> None:
-    d = get_backend("retinaface", conf_threshold=conf, max_size=None)
+    d = get_backend("retinaface", score_threshold=conf, max_side=None)
     img = load_rgb(IMAGES / "wider" / name)
     got = recall(d.detect_batch([img])[0].boxes, wider_gt()[name])
     assert abs(got - WIDER_REFERENCE[(name, conf)]) <= 0.01, got
@@ -96,11 +103,7 @@ def test_group_photos(group_dets, group_images) -> None:
     counts = {}
     for name, img in group_images.items():
         d = group_dets[name]
-        h, w = img.shape[:2]
-        assert d.boxes.dtype == np.float32 and d.landmarks.shape == (len(d), 5, 2)
-        assert (d.boxes[:, [0, 2]] >= 0).all() and (d.boxes[:, [0, 2]] <= w).all()
-        assert (d.boxes[:, [1, 3]] >= 0).all() and (d.boxes[:, [1, 3]] <= h).all()
-        assert ((d.scores >= 0.5) & (d.scores <= 1)).all()
+        assert_valid_detections(d, img, score_threshold=0.5)
         assert np.isfinite(d.landmarks).all()
         counts[name] = len(d)
     print("retinaface faces per group photo:", counts)
@@ -147,29 +150,28 @@ def test_landmarks_against_annotation(det: RetinaFaceDetector) -> None:
     assert (err < 0.1).all(), err
 
 
-def test_max_size_maps_back_to_input_pixels(group_images, group_dets) -> None:
+def test_max_side_maps_back_to_input_pixels(group_images, group_dets) -> None:
     img = group_images["dlib_bald_guys.jpg"]  # 1986 x 1545
     full = group_dets["dlib_bald_guys.jpg"]
-    small = RetinaFaceDetector(max_size=1024).detect_batch([img])[0]
+    small = RetinaFaceDetector(max_side=1024).detect_batch([img])[0]
     assert len(small) >= 10
     best = iou(small.boxes, full.boxes).max(axis=1)
     assert np.median(best) > 0.7  # same faces, in input pixels
     assert small.boxes[:, 2].max() > 1024  # not left at the downscaled size
 
 
-def test_empty_and_tiny_inputs(det: RetinaFaceDetector) -> None:
-    assert det.detect_batch([]) == []
+def test_tiny_inputs(det: RetinaFaceDetector) -> None:
     out = det.detect_batch([np.zeros((20, 30, 3), np.uint8), np.full((64, 48, 3), 255, np.uint8)])
     assert [len(d) for d in out] == [0, 0]
-    with pytest.raises(ValueError, match="RGB uint8"):
-        det.detect_batch([np.zeros((20, 30), np.uint8)])
+    with pytest.raises(ValueError, match="max_side must be >= 32"):
+        RetinaFaceDetector(max_side=16)
 
 
 def test_provenance(det: RetinaFaceDetector) -> None:
-    prov = json.loads(json.dumps(det.provenance(), allow_nan=False))
+    prov = det.provenance()  # JSON with backend, weights and device: test_backend_contract.py
     assert prov["weights"] == {"mobilenet0.25_Final.pth": MOBILENET_SHA}
     assert sha256sum(fetch("retinaface_mobilenet0.25")) == MOBILENET_SHA
-    assert prov["network"] == "mobilenet0.25" and prov["conf_threshold"] == 0.5
+    assert prov["network"] == "mobilenet0.25" and prov["score_threshold"] == 0.5
     assert prov["nms_threshold"] == 0.4 and prov["keep_top_k"] == 750
 
 

@@ -1,4 +1,4 @@
-"""The bridge to training: FaceDataset over real extracted crops, stratified splits, FairFace."""
+"""faceetl.datasets: FaceDataset over real extracted crops, stratified splits, FairFace."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from faceetl import decode_png, extract_faces, read_faces
-from faceetl.data import IGNORE_INDEX, FaceDataset, read_fairface, stratified_split
+from faceetl.datasets import IGNORE_INDEX, FaceDataset, read_fairface, stratified_split
 from helpers import IMAGES
 
 PHOTOS = [
@@ -298,3 +298,40 @@ def test_saved_faces_round_trip_to_a_dataset(faces, tmp_path):
     faces.to_parquet(tmp_path / "f.parquet")
     back = read_faces(tmp_path / "f.parquet")
     assert FaceDataset(back, ["kind"]).classes == FaceDataset(faces, ["kind"]).classes
+
+
+def test_public_names_load_torch_only_on_use():
+    """``faceetl.FaceDataset``, ``stratified_split`` and ``read_fairface`` keep working; the
+    data-set readers and splits import without torch, the torch Dataset loads it on first use."""
+    import subprocess
+    import sys
+
+    import faceetl
+    import faceetl.datasets as fd
+
+    assert faceetl.FaceDataset is fd.FaceDataset is FaceDataset
+    assert faceetl.stratified_split is stratified_split and faceetl.read_fairface is read_fairface
+    code = (
+        "import sys, faceetl, faceetl.datasets as d\n"
+        "faceetl.stratified_split, faceetl.read_fairface, d.read_annotations, d.read_widerface_gt\n"
+        "assert 'torch' not in sys.modules, 'torch imported early'\n"
+        "faceetl.FaceDataset\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_each_format_has_one_reader():
+    """Trainers and the evaluation use faceetl.datasets' readers, not copies of their own."""
+    import faceetl.datasets as fd
+    from faceetl import eval as fe
+    from faceetl.train import parsing as tp
+    from faceetl.train import retinaface as rt
+
+    for name in ("ImageAnnotation", "read_wider_bbx_gt", "read_retinaface_labels",
+                 "write_retinaface_labels", "read_dlib_xml", "read_annotations",
+                 "annotation_format", "default_image_root"):  # fmt: skip
+        assert getattr(rt, name) is getattr(fd, name), name
+    for name in ("PARTS", "G_MASK_PARTS", "merge_part_masks", "part_mask_path", "write_label_maps"):
+        assert getattr(tp, name) is getattr(fd, name), name
+    assert fe.read_widerface_gt is fd.read_widerface_gt and fe.WiderGT is fd.WiderGT

@@ -34,6 +34,8 @@ from faceetl.predictors.fairface import (
 )
 from faceetl.weights import WeightsError
 from helpers import ANNOTATIONS, IMAGES, load_rgb
+from predictor_weights import fairface_layout as released_layout
+from predictor_weights import fairface_state_dict as random_state_dict
 
 FILE7 = "res34_fair_align_multi_7_20190809.pt"
 FILE4 = "res34_fair_align_multi_4_20190809.pt"
@@ -45,61 +47,7 @@ FLOATS = pd.ArrowDtype(pa.list_(pa.float32()))
 
 
 # ---------------------------------------------------------------------------------------------
-# the released layout: torchvision resnet34 keys, fc 512 -> 18, no "module." prefix (FairFace's
-# predict.py loads the file strictly into a plain torchvision resnet34)
-
-
-def released_layout() -> dict[str, tuple[int, ...]]:
-    """Key -> shape of torchvision's resnet34 state dict with an 18-output fc."""
-    spec: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
-
-    def bn(prefix: str, c: int) -> None:
-        for k in ("weight", "bias", "running_mean", "running_var"):
-            spec[f"{prefix}.{k}"] = (c,)
-        spec[f"{prefix}.num_batches_tracked"] = ()
-
-    bn("bn1", 64)
-    cin = 64
-    for li, (c, n) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], 1):
-        for b in range(n):
-            p = f"layer{li}.{b}"
-            first_in = cin if b == 0 else c
-            spec[f"{p}.conv1.weight"] = (c, first_in, 3, 3)
-            bn(f"{p}.bn1", c)
-            spec[f"{p}.conv2.weight"] = (c, c, 3, 3)
-            bn(f"{p}.bn2", c)
-            if b == 0 and li > 1:
-                spec[f"{p}.downsample.0.weight"] = (c, cin, 1, 1)
-                bn(f"{p}.downsample.1", c)
-        cin = c
-    spec["fc.weight"] = (18, 512)
-    spec["fc.bias"] = (18,)
-    return spec
-
-
-def random_state_dict(seed: int = 0, n_out: int = 18) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, shape in released_layout().items():
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(1000, dtype=torch.long)
-        elif k.endswith("running_var"):
-            sd[k] = torch.rand(shape, generator=g) + 0.5
-        elif k.endswith(".weight") and len(shape) == 1:  # BatchNorm scale
-            # small on the residual branches so 16 blocks do not blow the activations up
-            small = k.endswith("bn2.weight") or k.endswith("downsample.1.weight")
-            sd[k] = torch.rand(shape, generator=g) * (0.2 if small else 0.5) + (
-                0.1 if small else 0.5
-            )
-        elif k.startswith("fc."):
-            shape = (n_out, *shape[1:])
-            sd[k] = torch.randn(shape, generator=g) * 0.5
-        elif len(shape) == 4:  # conv: He init keeps activations finite through 34 layers
-            fan_in = shape[1] * shape[2] * shape[3]
-            sd[k] = torch.randn(shape, generator=g) * (2.0 / fan_in) ** 0.5
-        else:
-            sd[k] = torch.randn(shape, generator=g) * 0.1
-    return sd
+# the released layout: fairface_layout / fairface_state_dict (tests/predictor_weights.py)
 
 
 def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -140,11 +88,12 @@ def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Ten
 def random_home(tmp_path, monkeypatch):
     """A FACEETL_HOME of its own holding random weights under the released file names."""
     monkeypatch.setenv("FACEETL_HOME", str(tmp_path))
-    monkeypatch.setattr(base.REGISTRY, "_loaded", {})  # no predictor loaded from another home
+    base.REGISTRY.clear()  # no predictor loaded from another home
     sd = random_state_dict(0)
     torch.save(sd, tmp_path / FILE7)
     torch.save(random_state_dict(1), tmp_path / FILE4)
-    return tmp_path, sd
+    yield tmp_path, sd
+    base.REGISTRY.clear()
 
 
 def chips() -> tuple[list[str], list[np.ndarray]]:
@@ -298,8 +247,7 @@ def test_missing_weights_message_names_file_folder_and_source(tmp_path, monkeypa
 def test_predict_batch_labels_and_softmax(random_home):
     p = FairFacePredictor(device="cpu")
     crops = chips()[1][:2]
-    out = p.predict_batch(crops)
-    assert set(out) == set(FairFacePredictor.output_columns())
+    out = p.predict_batch(crops)  # its columns and dtypes: tests/test_predictor_contract.py
     logits = p.logits(crops)
     for head, sl, labels in [
         ("race", slice(0, 7), RACES_7),
@@ -326,11 +274,9 @@ def test_predict_through_dask_pipeline(random_home, tmp_path):
     broken.write_bytes(b"not a jpeg")
     paths = [str(p) for p in SINGLE[:3]] + [str(blank), str(broken)]
     faces = faceetl.extract_faces(paths, backend="dlib")
-    df = predict(faces, model="fairface").compute()
+    df = predict(faces, model="fairface").compute()  # dtypes: tests/test_predictor_contract.py
     cols = {**FairFacePredictor.output_columns(), "fairface_provenance": "string[pyarrow]"}
-    for c, dtype in cols.items():
-        assert str(df[c].dtype) == str(pd.Series([], dtype=dtype).dtype), c
-    assert list(df.columns[: len(faces.columns)]) == list(faces.columns)
+    assert list(df.columns) == [*faces.columns, *cols]
     ok = df["status"] == "ok"
     assert ok.sum() >= 3 and (~ok).sum() == 2  # a face per portrait; no face, unreadable
     for _, row in df[ok].iterrows():

@@ -1,8 +1,8 @@
 """The ``parsing`` predictor: BiSeNet face parsing (zllrunning/face-parsing.PyTorch, 79999_iter.pth).
 
 The released weights are not in ../shared, so the loader is tested on a state dict of random
-tensors in the official key layout (written out below from the official model.py/resnet.py, not
-taken from faceetl's module), saved under the registered file name in the temporary FACEETL_HOME
+tensors in the official key layout (tests/predictor_weights.py, written out from the official
+model.py/resnet.py, not taken from faceetl's module), saved under the registered file name in the temporary FACEETL_HOME
 and loaded through the normal fetch -> sha256 check -> strict load path. The reproduction test on
 the real weights runs when 79999_iter.pth (right sha256) is in FACEETL_HOME or ~/.cache/faceetl.
 """
@@ -37,6 +37,8 @@ from faceetl.predictors.parsing import (
 )
 from faceetl.weights import WeightsError
 from helpers import IMAGES, load_rgb
+from predictor_weights import bisenet_layout as released_layout
+from predictor_weights import bisenet_state_dict as random_state_dict
 
 SAMPLE = IMAGES / "parsing" / "faceparsing_116_ori.png"
 OBAMA = IMAGES / "single" / "fr_obama_small.jpg"
@@ -44,70 +46,8 @@ REAL_SHA = "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567"
 
 
 # ---------------------------------------------------------------- the released key layout
-def _bn(prefix: str, c: int) -> dict[str, tuple]:
-    return {
-        f"{prefix}.weight": (c,),
-        f"{prefix}.bias": (c,),
-        f"{prefix}.running_mean": (c,),
-        f"{prefix}.running_var": (c,),
-        f"{prefix}.num_batches_tracked": (),
-    }
-
-
-def _cbr(prefix: str, cin: int, cout: int, k: int) -> dict[str, tuple]:
-    """ConvBNReLU: ``.conv`` (no bias) + ``.bn``."""
-    return {f"{prefix}.conv.weight": (cout, cin, k, k), **_bn(f"{prefix}.bn", cout)}
-
-
-def released_layout() -> dict[str, tuple]:
-    """Key -> shape of 79999_iter.pth as the official BiSeNet(n_classes=19) defines it."""
-    s: dict[str, tuple] = {"cp.resnet.conv1.weight": (64, 3, 7, 7), **_bn("cp.resnet.bn1", 64)}
-    cin = 64
-    for li, cout in enumerate((64, 128, 256, 512), start=1):
-        for b in range(2):
-            p = f"cp.resnet.layer{li}.{b}"
-            i = cin if b == 0 else cout
-            s[f"{p}.conv1.weight"] = (cout, i, 3, 3)
-            s.update(_bn(f"{p}.bn1", cout))
-            s[f"{p}.conv2.weight"] = (cout, cout, 3, 3)
-            s.update(_bn(f"{p}.bn2", cout))
-            if b == 0 and cin != cout:
-                s[f"{p}.downsample.0.weight"] = (cout, cin, 1, 1)
-                s.update(_bn(f"{p}.downsample.1", cout))
-        cin = cout
-    for name, c in (("arm16", 256), ("arm32", 512)):
-        s.update(_cbr(f"cp.{name}.conv", c, 128, 3))
-        s[f"cp.{name}.conv_atten.weight"] = (128, 128, 1, 1)
-        s.update(_bn(f"cp.{name}.bn_atten", 128))
-    s.update(_cbr("cp.conv_head32", 128, 128, 3))
-    s.update(_cbr("cp.conv_head16", 128, 128, 3))
-    s.update(_cbr("cp.conv_avg", 512, 128, 1))
-    s.update(_cbr("ffm.convblk", 256, 256, 1))
-    s["ffm.conv1.weight"] = (64, 256, 1, 1)
-    s["ffm.conv2.weight"] = (256, 64, 1, 1)
-    for head, cin_, mid in (
-        ("conv_out", 256, 256),
-        ("conv_out16", 128, 64),
-        ("conv_out32", 128, 64),
-    ):
-        s.update(_cbr(f"{head}.conv", cin_, mid, 3))
-        s[f"{head}.conv_out.weight"] = (19, mid, 1, 1)
-    return s
-
-
-def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, shape in released_layout().items():
-        if k.endswith("num_batches_tracked"):
-            sd[k] = torch.tensor(80000, dtype=torch.long)
-        elif k.endswith("running_var") or (len(shape) == 1 and k.endswith(".weight")):
-            sd[k] = torch.rand(shape, generator=g) + 0.5
-        elif len(shape) == 1:  # bias, running_mean
-            sd[k] = torch.randn(shape, generator=g) * 0.1
-        else:
-            sd[k] = torch.randn(shape, generator=g) / np.sqrt(np.prod(shape[1:]))
-    return sd
+# bisenet_layout / bisenet_state_dict (tests/predictor_weights.py): written from the official
+# model.py/resnet.py, not taken from faceetl's module
 
 
 @pytest.fixture
@@ -123,8 +63,9 @@ def random_weights(faceetl_home: Path, monkeypatch: pytest.MonkeyPatch):
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     wf = weights.weights_info(parsing.WEIGHTS_NAME)
     monkeypatch.setitem(weights._WEIGHTS, parsing.WEIGHTS_NAME, dataclasses.replace(wf, sha256=sha))
-    monkeypatch.setattr(pbase.REGISTRY, "_loaded", {})  # no cached predictor outlives the test
+    pbase.REGISTRY.clear()  # no cached predictor outlives the test
     yield path, sd, sha
+    pbase.REGISTRY.clear()
     path.unlink()
     if backup is not None:
         shutil.move(backup, path)
@@ -149,8 +90,7 @@ def test_loader_on_released_key_layout(random_weights):
               "cp.arm32.bn_atten.running_var", "conv_out32.conv.bn.bias"):  # fmt: skip
         assert torch.equal(own[k], sd[k]), k
     assert not p.net.training
-    prov = p.provenance()
-    assert prov["weights"] == {"79999_iter.pth": sha}
+    prov = p.provenance()  # its weights entry: tests/test_predictor_contract.py
     assert prov["align"] == {"template": "dlib", "size": 512, "padding": parsing.DEFAULT_PADDING}
     assert prov["classes"] == list(parsing_classes)
 
@@ -254,7 +194,6 @@ def test_predict_batch_outputs(random_weights):
     masks = seen[0]
     assert masks.shape == (2, 512, 512) and masks.dtype == np.uint8
     assert masks.max() < 19
-    assert set(out) == set(ParsingPredictor.columns)
     for png, frac, m in zip(out["parsing_mask"], out["parsing_fractions"], masks, strict=True):
         np.testing.assert_array_equal(decode_mask(png), m)
         assert len(frac) == 19 and sum(frac) == pytest.approx(1.0, abs=1e-5)

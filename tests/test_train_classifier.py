@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
+import faceetl
 from faceetl import decode_png, extract_faces
-from faceetl.data import FaceDataset, stratified_split
+from faceetl.datasets import FaceDataset, stratified_split
 from faceetl.images import encode_png
 from faceetl.train import MultiHeadClassifier, ResNet18, classifier, load_classifier, predict
 from faceetl.train.classifier import evaluate
@@ -66,7 +67,7 @@ def split(orientation):
 @pytest.mark.slow
 def test_learns_a_held_out_label(split, tmp_path):
     _, train, val = split
-    model, metrics = classifier(
+    model, metrics = classifier.train(
         train, val, label_columns=["orientation"], backbone="small", epochs=5, batch_size=16,
         lr=3e-3, progress=False, checkpoint_dir=tmp_path, seed=0,
     )  # fmt: skip
@@ -100,11 +101,11 @@ def test_resume_continues_from_the_last_checkpoint(split, tmp_path, caplog):
         label_columns=["orientation"], backbone="small", batch_size=16, progress=False,
         checkpoint_dir=tmp_path,
     )  # fmt: skip
-    _, first = classifier(train, val, epochs=1, **kw)
+    _, first = classifier.train(train, val, epochs=1, **kw)
     assert len(first) == 1
     assert (tmp_path / "epoch_001.pt").is_file() and (tmp_path / "last.pt").is_file()
     with caplog.at_level(logging.INFO, logger="faceetl.train.classifier"):
-        model, metrics = classifier(train, val, epochs=2, **kw)
+        model, metrics = classifier.train(train, val, epochs=2, **kw)
     assert "at epoch 2 of 2" in caplog.text
     assert list(metrics["epoch"]) == [1, 2]
     pd.testing.assert_series_equal(metrics.iloc[0], first.iloc[0])  # epoch 1 was not redone
@@ -113,15 +114,15 @@ def test_resume_continues_from_the_last_checkpoint(split, tmp_path, caplog):
     assert ck["epoch"] == 2 and ck["classes"] == {"orientation": ["turned", "upright"]}
     assert "optimizer" in ck and len(ck["metrics"]) == 2
     # asking for epochs already done trains nothing more
-    _, same = classifier(train, val, epochs=2, **kw)
+    _, same = classifier.train(train, val, epochs=2, **kw)
     pd.testing.assert_frame_equal(same, metrics)
     # resume=False starts over in the same folder
-    _, fresh = classifier(train, None, epochs=1, **{**kw, "resume": False})
+    _, fresh = classifier.train(train, None, epochs=1, **{**kw, "resume": False})
     assert list(fresh["epoch"]) == [1] and "val_loss" not in fresh.columns
     # a checkpoint of other classes is not silently resumed
     relabelled = train_df.assign(orientation="x" + train_df["orientation"])
     with pytest.raises(ValueError, match="other labels"):
-        classifier(relabelled, epochs=3, **kw)
+        classifier.train(relabelled, epochs=3, **kw)
 
 
 def test_resnet18_has_torchvision_names_and_trains(split):
@@ -137,7 +138,7 @@ def test_resnet18_has_torchvision_names_and_trains(split):
     few = pd.concat([train_df.head(3), train_df.tail(3)])
     tiny = FaceDataset(few, ["orientation"], transform=shrink)
     assert tiny.classes["orientation"] == ["turned", "upright"]
-    model, metrics = classifier(
+    model, metrics = classifier.train(
         tiny, label_columns=["orientation"], backbone="resnet18", epochs=1, batch_size=3,
         lr=0.0, progress=True, pretrained_state_dict=donor,
     )  # fmt: skip
@@ -155,7 +156,7 @@ def test_multi_head_sums_losses_and_ignores_missing_labels(orientation):
     df.loc[df.index[:3], "size"] = None  # missing labels are ignored, not a class
     ds = FaceDataset(df, ["orientation", "size"], transform=shrink)
     assert ds.classes["size"] == ["big", "small"]
-    model, metrics = classifier(
+    model, metrics = classifier.train(
         ds, ds, label_columns=["orientation", "size"], backbone="small", epochs=1, batch_size=8,
         progress=False,
     )  # fmt: skip
@@ -173,4 +174,52 @@ def test_multi_head_sums_losses_and_ignores_missing_labels(orientation):
         )
     assert ev["loss"] == pytest.approx(ce, rel=1e-4)  # one batch: the sum of both heads' CE
     with pytest.raises(ValueError, match="regression"):
-        classifier(df.assign(w=1.5), label_columns=["w"], backbone="small", epochs=1)
+        classifier.train(df.assign(w=1.5), label_columns=["w"], backbone="small", epochs=1)
+
+
+def test_calling_the_module_is_the_deprecated_train(split):
+    """``faceetl.train.classifier(...)`` (and ``classifier.classifier``) still train, with a
+    DeprecationWarning, exactly as ``faceetl.train.classifier.train(...)`` does."""
+    train_df = split[0]
+    few = FaceDataset(pd.concat([train_df.head(5), train_df.tail(5)]), ["orientation"],
+                      transform=shrink)  # fmt: skip
+    kw = dict(label_columns=["orientation"], backbone="small", epochs=1, batch_size=4,
+              progress=False, seed=3)  # fmt: skip
+    model, metrics = classifier.train(few, **kw)
+    assert callable(faceetl.train.classifier) and faceetl.train.classifier is classifier
+    with pytest.warns(DeprecationWarning, match=r"classifier\.train"):
+        old_model, old_metrics = faceetl.train.classifier(few, **kw)
+    with pytest.warns(DeprecationWarning, match=r"classifier\.train"):
+        named_model, _ = classifier.classifier(few, **kw)
+    cols = [c for c in metrics.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(old_metrics[cols], metrics[cols])
+    for k, v in model.state_dict().items():
+        assert torch.equal(old_model.state_dict()[k], v), k
+        assert torch.equal(named_model.state_dict()[k], v), k
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(split, tmp_path):
+    """torch.distributed with gloo: two CPU processes, each half of every batch."""
+    train_df = split[0]
+    few = FaceDataset(pd.concat([train_df.head(4), train_df.tail(4)]), ["orientation"])
+    model, metrics = classifier.train(
+        few, few, label_columns=["orientation"], backbone="small", epochs=2, batch_size=4,
+        lr=3e-3, progress=False, world_size=2, checkpoint_dir=tmp_path, keep_checkpoints=1,
+    )  # fmt: skip
+    assert list(metrics["epoch"]) == [1, 2]
+    assert (metrics["images"] == 8).all()  # summed over both processes
+    assert metrics["val_acc_orientation"].notna().all() and np.isfinite(metrics["train_loss"]).all()
+    assert [p.name for p in tmp_path.glob("epoch_*.pt")] == ["epoch_002.pt"]
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ck["config"]["world_size"] == 2 and ck["epoch"] == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(ck["model"][k], v), k
+    torch.manual_seed(0)  # train() draws its initial weights the same way
+    start = MultiHeadClassifier("small", model.classes).state_dict()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(start[k], v)]
+    assert any(k.startswith("heads.") for k in changed) and len(changed) > len(start) // 2
+    loaded, _ = load_classifier(tmp_path)
+    assert evaluate(loaded, few)["acc_orientation"] == pytest.approx(
+        metrics["val_acc_orientation"].iloc[-1]
+    )

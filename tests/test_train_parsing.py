@@ -434,3 +434,27 @@ def test_checkpoint_loads_into_parsing_predictor(trained, tmp_path):
     )
     with pytest.raises(ValueError, match="do not fit"):
         tp.build_model(init={"cp.resnet.conv1.weight": torch.zeros(1)} | {"bogus": torch.zeros(1)})
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(dataset_root, tmp_path):
+    """torch.distributed with gloo: two CPU processes, three of the six images each per step."""
+    ds = tp.CelebAMaskHQ(dataset_root[0], image_size=64, crop_size=56, cache=True)
+    model, metrics = tp.train(
+        ds, epochs=2, batch_size=6, lr=1e-2, progress=False, device="cpu", world_size=2,
+        checkpoint_dir=tmp_path, keep_checkpoints=1, val=ds.with_augment(False),
+    )  # fmt: skip
+    assert list(metrics["epoch"]) == [1, 2]
+    assert list(metrics["iterations"]) == [1, 2]  # one step of 3 + 3 images per epoch
+    assert (metrics["images"] == 6).all()  # summed over both processes
+    assert np.isfinite(metrics["train_loss"]).all() and metrics["val_miou"].notna().all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_002.pt", "last.pt"]
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ck["config"]["world_size"] == 2 and ck["config"]["max_iter"] == 2
+    for k, v in model.state_dict().items():
+        assert torch.equal(ck["state_dict"][k], v), k
+    torch.manual_seed(0)  # train() draws its initial weights the same way
+    start = tp.build_model().state_dict()
+    for k in ("conv_out.conv_out.weight", "conv_out16.conv_out.weight", "cp.resnet.conv1.weight"):
+        assert not torch.equal(start[k], model.state_dict()[k]), k  # every head trained
+    torch.testing.assert_close(load_bisenet(tmp_path / "last.pt").state_dict(), model.state_dict())

@@ -123,9 +123,17 @@ def test_read_retinaface_labels(tmp_path: Path) -> None:
     assert anns[1].attributes["score"][0] == pytest.approx(0.89)
     # the reference dataset: images/ beside label.txt
     (tmp_path / "images").mkdir()
-    ds = rt.RetinaFaceDataset(p)
+    ds = rt.RetinaFaceDataset.from_file(p)
     assert ds.image_root == tmp_path / "images" and len(ds) == 2
     assert ds.image_path(0) == tmp_path / "images" / anns[0].path
+    # the dataset itself takes parsed annotations; a path still works, deprecated
+    with pytest.warns(DeprecationWarning, match="from_file"):
+        old = rt.RetinaFaceDataset(p)
+    assert old.image_root == ds.image_root and [i[0] for i in old.items] == [i[0] for i in ds.items]
+    same = rt.RetinaFaceDataset(anns, tmp_path / "images")
+    for (pa, ta), (pb, tb) in zip(same.items, ds.items, strict=True):
+        assert pa == pb
+        np.testing.assert_array_equal(ta, tb)
 
 
 def test_dlib_xml_to_label_txt(tmp_path: Path) -> None:
@@ -162,7 +170,7 @@ def test_dlib_xml_to_label_txt(tmp_path: Path) -> None:
         np.testing.assert_allclose(b.landmarks, a.landmarks, atol=1e-3)
         assert b.has_landmarks.all()
     # ... and as a training set with the images beside the XML
-    ds = rt.RetinaFaceDataset(label, IMAGES / "dlib_pascal", image_size=160)
+    ds = rt.RetinaFaceDataset.from_file(label, IMAGES / "dlib_pascal", image_size=160)
     x, t = ds[0]
     assert x.shape == (3, 160, 160) and x.dtype == torch.float32
     assert t.shape[1] == 15 and (t[:, 14] == 1).all()

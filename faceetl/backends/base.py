@@ -6,18 +6,26 @@ per image, boxes in input pixels and landmarks in the ArcFace 5-point order as s
 the image: left eye, right eye, nose tip, left mouth corner, right mouth corner (NaN
 where the backend does not find a point). Nothing outside this package knows backend
 names; the pipeline asks :func:`get_backend` for a loaded detector by name.
+
+Any class with ``detect_batch`` and ``provenance`` is a backend (:class:`Detector`). The
+built-in ones derive from :class:`BaseDetector`, which does the shared steps once (input
+checks, empty batches, clipping to the image, the common provenance fields), and name their
+parameters in the shared vocabulary of :mod:`faceetl.backends.params`. A backend also declares
+the parameters it runs with for benchmark evaluation (:func:`evaluation_params`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..boxes import box_iou  # noqa: F401 (re-exported: plug-ins import it from here)
 from ..registry import Registry
+from .params import canonical_params
 
 N_LANDMARKS = 5
 
@@ -93,12 +101,77 @@ class Detector(Protocol):
         ...
 
 
+def check_image(image: Any, index: int = 0) -> np.ndarray:
+    """``image`` as an array if it is RGB uint8 (H, W, 3) with pixels, else a ValueError."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or 0 in arr.shape:
+        raise ValueError(
+            f"expected an RGB uint8 image (H, W, 3), got {arr.dtype} {arr.shape} "
+            f"(image {index} of the batch)"
+        )
+    return arr
+
+
+class BaseDetector(ABC):
+    """The shared steps of a backend, done once: subclasses implement only their detection.
+
+    :meth:`detect_batch` checks every image (:func:`check_image`), answers an empty batch with
+    ``[]``, runs :meth:`_detect_batch` (by default :meth:`_detect_one` per image) and clips the
+    boxes to each image (:meth:`Detections.clip`). :meth:`provenance` gives ``backend``,
+    ``weights`` (``self._weights``: file name -> sha256, set when the model loads) and
+    ``device`` (:meth:`_device`), merged with the subclass's own :meth:`_parameters`.
+    """
+
+    name: ClassVar[str] = ""
+    #: the least score a face needs to be kept (every built-in backend takes it)
+    score_threshold: float
+    #: file name -> sha256 of every model file the backend loaded
+    _weights: dict[str, str]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """One :class:`Detections` per RGB uint8 image, in order (boxes inside the image)."""
+        checked = [check_image(im, i) for i, im in enumerate(images)]
+        if not checked:
+            return []
+        found = self._detect_batch(checked)
+        if len(found) != len(checked):
+            raise RuntimeError(f"{self.name} gave {len(found)} results for {len(checked)} images")
+        return [d.clip(im.shape[1], im.shape[0]) for d, im in zip(found, checked, strict=True)]
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """The faces of one RGB uint8 image."""
+        return self.detect_batch([image])[0]
+
+    def provenance(self) -> dict[str, Any]:
+        """Backend name, weight hashes and device, with the backend's own parameters."""
+        common = {"backend": self.name, "weights": dict(self._weights), "device": self._device()}
+        return {**common, **self._parameters()}
+
+    def _detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """Detections of checked images (at least one), in input pixels; clipping not needed."""
+        return [self._detect_one(im) for im in images]
+
+    def _detect_one(self, image: np.ndarray) -> Detections:
+        """Detections of one checked image (for backends that run images one by one)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither detection method")
+
+    def _device(self) -> str:
+        """Where the model runs, as recorded in provenance."""
+        return "cpu"
+
+    @abstractmethod
+    def _parameters(self) -> dict[str, Any]:
+        """The backend's own parameters (and library versions) for provenance."""
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
     factory: Callable[..., Detector]
     workers: int  # default concurrency: worker processes on a CPU cluster / partitions per GPU
     gpu: bool  # benefits from a CUDA device
+    #: parameters for benchmark evaluation (the WIDER FACE protocol: every face, original scale)
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 REGISTRY: Registry[BackendSpec] = Registry(
@@ -106,11 +179,17 @@ REGISTRY: Registry[BackendSpec] = Registry(
 )
 
 
-def register_backend(name: str, *, workers: int, gpu: bool = False) -> Callable:
-    """Class decorator: make a detector class available as ``name``."""
+def register_backend(
+    name: str, *, workers: int, gpu: bool = False, evaluation: Mapping[str, Any] | None = None
+) -> Callable:
+    """Class decorator: make a detector class available as ``name``.
+
+    ``evaluation``: the parameters it runs with for benchmark evaluation, in the shared
+    vocabulary (e.g. ``{"score_threshold": 0.02, "max_side": None}``; default: its defaults).
+    """
 
     def wrap(factory: Callable[..., Detector]) -> Callable[..., Detector]:
-        REGISTRY.add(BackendSpec(name, factory, workers, gpu))
+        REGISTRY.add(BackendSpec(name, factory, workers, gpu, dict(evaluation or {})))
         return factory
 
     return wrap
@@ -129,6 +208,13 @@ def backend_spec(name: str) -> BackendSpec:
 def default_workers(name: str) -> int:
     """The seed's worker map: how many workers a backend runs with by default."""
     return backend_spec(name).workers
+
+
+def evaluation_params(name: str, **params: Any) -> dict[str, Any]:
+    """The parameters ``name`` runs with for benchmark evaluation: those its registration
+    declares, overridden by ``params`` (deprecated names translated, with their warning)."""
+    spec = backend_spec(name)
+    return {**spec.evaluation, **canonical_params(spec.factory, params)}
 
 
 def get_backend(name: str, **params: Any) -> Detector:

@@ -4,12 +4,13 @@
 Scores: dlib gives a raw, unbounded detection margin (HOG: SVM score, CNN: MMOD confidence),
 where 0 is dlib's own decision threshold. ``Detections.scores`` is the logistic function of that
 margin, ``1 / (1 + exp(-raw))`` (monotonic, 0.5 at raw 0); the raw margin is kept in
-``extra["raw_score"]``. ``threshold`` is given in raw units.
+``extra["raw_score"]``. ``score_threshold`` is in the same units as the scores: dlib gets its
+logit as the raw threshold. (The deprecated ``threshold`` was in raw units.)
 
-Default HOG setting (upsample=1, threshold=0.15) was chosen on measurements: with threshold 0
-the HOG detector reports a false face on skimage's astronaut (raw 0.117, upsample 1), while the
-weakest annotated face of dlib's PASCAL example images scores raw 0.22 (2007_007763.jpg).
-Without upsampling the 37-pixel faces of those images are missed.
+Default HOG setting (upsample=1, raw threshold 0.15, i.e. score 0.537) was chosen on
+measurements: with raw threshold 0 the HOG detector reports a false face on skimage's astronaut
+(raw 0.117, upsample 1), while the weakest annotated face of dlib's PASCAL example images scores
+raw 0.22 (2007_007763.jpg). Without upsampling the 37-pixel faces of those images are missed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from faceetl.align import five_from_68, five_from_dlib5
-from faceetl.backends.base import Detections, register_backend
+from faceetl.backends.base import BaseDetector, Detections, register_backend
+from faceetl.backends.params import renamed
 from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
 from faceetl.weights import (
     cached_sha256,
@@ -51,24 +53,36 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
 
 
+def _score_of_raw(threshold: float | None) -> dict[str, Any]:
+    """The deprecated raw ``threshold`` as ``score_threshold`` (``None``: the default)."""
+    return {"score_threshold": None if threshold is None else float(_sigmoid(threshold))}
+
+
 @register_backend("dlib", workers=8, gpu=False)
-class DlibDetector:
-    """dlib HOG (or MMOD CNN) face detector with dlib shape-predictor landmarks."""
+class DlibDetector(BaseDetector):
+    """dlib HOG (or MMOD CNN) face detector with dlib shape-predictor landmarks.
+
+    ``score_threshold``: the least score (sigmoid of dlib's margin) kept; ``None``: raw 0.15
+    for HOG, 0 for the CNN (see the module docstring).
+    """
 
     name = "dlib"
 
+    @renamed(threshold=_score_of_raw)
     def __init__(
         self,
         *,
         detector: str = "hog",
         upsample: int = 1,
-        threshold: float | None = None,
+        score_threshold: float | None = None,
         landmarks: str | None = "68",
     ) -> None:
         import dlib
 
         if detector not in DEFAULT_THRESHOLD:
             raise ValueError(f"detector must be 'hog' or 'cnn', not {detector!r}")
+        if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+            raise ValueError("score_threshold must be in [0, 1] or None")
         if landmarks is not None:
             landmarks = str(landmarks)
             if landmarks not in PREDICTOR_FILES:
@@ -77,7 +91,14 @@ class DlibDetector:
             raise ValueError("upsample must be >= 0")
         self.detector = detector
         self.upsample = int(upsample)
-        self.threshold = float(DEFAULT_THRESHOLD[detector] if threshold is None else threshold)
+        if score_threshold is None:
+            self.raw_threshold = DEFAULT_THRESHOLD[detector]
+            self.score_threshold = float(_sigmoid(self.raw_threshold))
+        else:
+            self.score_threshold = float(score_threshold)
+            with np.errstate(divide="ignore"):  # 0 and 1 become -inf and inf
+                s = np.float64(score_threshold)
+                self.raw_threshold = float(np.log(s) - np.log1p(-s))
         self.landmarks = landmarks
         self._weights: dict[str, str] = {}
         if detector == "hog":
@@ -96,7 +117,7 @@ class DlibDetector:
     def _detect(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
         """Raw boxes (x1 y1 x2 y2, half-open), raw scores, sub-detector index, dlib rects."""
         if self.detector == "hog":
-            rects, scores, idx = self._det.run(img, self.upsample, self.threshold)
+            rects, scores, idx = self._det.run(img, self.upsample, self.raw_threshold)
             rects = list(rects)
             scores = np.asarray(scores, np.float64)
             idx = np.asarray(idx, np.int32)
@@ -105,7 +126,7 @@ class DlibDetector:
             rects = [d.rect for d in found]
             scores = np.asarray([d.confidence for d in found], np.float64)
             idx = np.zeros(len(rects), np.int32)
-            keep = scores >= self.threshold
+            keep = scores >= self.raw_threshold
             rects = [r for r, k in zip(rects, keep, strict=True) if k]
             scores, idx = scores[keep], idx[keep]
         # dlib rectangles are inclusive: right/bottom pixel is inside the box
@@ -115,7 +136,6 @@ class DlibDetector:
         return boxes, scores, idx, rects
 
     def _detect_one(self, img: np.ndarray) -> Detections:
-        h, w = img.shape[:2]
         img = np.ascontiguousarray(img, dtype=np.uint8)
         boxes, raw, idx, rects = self._detect(img)
         n = len(boxes)
@@ -133,22 +153,15 @@ class DlibDetector:
                 lms[i] = five_from_68(pts[i]) if npts == 68 else five_from_dlib5(pts[i])
             extra[f"landmarks{npts}"] = pts
         det = Detections(boxes, _sigmoid(raw), lms, extra)
-        order = np.argsort(-det.scores, kind="stable")
-        return det.select(order).clip(w, h)
+        return det.select(np.argsort(-det.scores, kind="stable"))
 
-    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
-        """One :class:`Detections` per RGB uint8 image, in order (one image at a time)."""
-        return [self._detect_one(img) for img in images]
-
-    def provenance(self) -> dict[str, Any]:
-        """Detector parameters, dlib version and the sha256 of every model file used."""
+    def _parameters(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
             "detector": self.detector,
             "upsample": self.upsample,
-            "threshold": self.threshold,
+            "score_threshold": self.score_threshold,
+            "raw_threshold": self.raw_threshold if np.isfinite(self.raw_threshold) else None,
             "score": "sigmoid(raw dlib margin)",
             "landmarks": self.landmarks,
             "dlib_version": str(getattr(self._dlib, "__version__", "unknown")),
-            "weights": dict(self._weights),
         }

@@ -37,7 +37,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from faceetl.backends.base import Detections, register_backend
+from faceetl.backends.base import BaseDetector, Detections, register_backend
+from faceetl.backends.params import renamed
+from faceetl.boxes import box_iou
 from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
 from faceetl.weights import fetch, weights_info
 
@@ -120,27 +122,23 @@ def with_task_metadata(model: bytes, name: str = "blazeface") -> bytes:
     return bytes(b.Output())
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one box (4,) with each of ``boxes`` (N, 4), x1 y1 x2 y2."""
-    lt = np.maximum(box[:2], boxes[:, :2])
-    rb = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / np.maximum(np.prod(box[2:] - box[:2]) + areas - inter, 1e-9)
-
-
 @register_backend("mediapipe", workers=2, gpu=False)
-class MediaPipeDetector:
-    """BlazeFace (short or full range) via ``mediapipe.tasks.python.vision.FaceDetector``."""
+class MediaPipeDetector(BaseDetector):
+    """BlazeFace (short or full range) via ``mediapipe.tasks.python.vision.FaceDetector``.
+
+    ``score_threshold`` and ``nms_threshold`` are the Tasks API's ``min_detection_confidence``
+    and ``min_suppression_threshold``.
+    """
 
     name = "mediapipe"
 
+    @renamed(min_detection_confidence="score_threshold", min_suppression_threshold="nms_threshold")
     def __init__(
         self,
         *,
         model: str = "short",
-        min_detection_confidence: float = 0.5,
-        min_suppression_threshold: float = 0.3,
+        score_threshold: float = 0.5,
+        nms_threshold: float = 0.3,
         refine: bool = True,
         refine_scale: float = 2.0,
     ) -> None:
@@ -152,8 +150,8 @@ class MediaPipeDetector:
 
         self._mp = mp
         self.model = model
-        self.min_detection_confidence = float(min_detection_confidence)
-        self.min_suppression_threshold = float(min_suppression_threshold)
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
         self.refine = bool(refine)
         self.refine_scale = float(refine_scale)
         self._mp_version = getattr(mp, "__version__", "unknown")
@@ -182,8 +180,8 @@ class MediaPipeDetector:
         options = vision.FaceDetectorOptions(
             base_options=BaseOptions(model_asset_buffer=patched),
             running_mode=vision.RunningMode.IMAGE,
-            min_detection_confidence=self.min_detection_confidence,
-            min_suppression_threshold=self.min_suppression_threshold,
+            min_detection_confidence=self.score_threshold,
+            min_suppression_threshold=self.nms_threshold,
         )
         det = vision.FaceDetector.create_from_options(options)
         log.debug("mediapipe %s FaceDetector loaded (%s)", self._mp_version, wf.filename)
@@ -233,7 +231,7 @@ class MediaPipeDetector:
                 continue
             scale = side / REFINE_INPUT  # crop pixels -> image pixels
             origin = np.array([ox, oy, ox, oy], np.float64)
-            iou = _iou(boxes[i] - origin, b * scale)
+            iou = box_iou(boxes[i] - origin, b * scale)[0]
             j = int(np.argmax(iou))
             if iou[j] < REFINE_MIN_IOU:
                 continue
@@ -242,15 +240,8 @@ class MediaPipeDetector:
             refined[i] = True
         return boxes, kp6, refined
 
-    def detect(self, image: np.ndarray) -> Detections:
-        """Faces in one RGB uint8 image (H, W, 3)."""
-        img = np.asarray(image)
-        if img.ndim == 2:
-            img = np.repeat(img[:, :, None], 3, axis=2)
-        if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}")
-        img = np.ascontiguousarray(img[:, :, :3])
-        h, w = img.shape[:2]
+    def _detect_one(self, image: np.ndarray) -> Detections:
+        img = np.ascontiguousarray(image)
         boxes, scores, kp6 = self._run(self._detector, img)
         refined = np.zeros(len(boxes), bool)
         if self._refiner is not None and len(boxes):
@@ -263,22 +254,16 @@ class MediaPipeDetector:
         landmarks[:, 2] = kp6[:, 2]
         scores = np.clip(scores, 0.0, 1.0)
         extra = {"keypoints6": kp6, "refined": refined}
-        return Detections(boxes, scores, landmarks, extra).clip(w, h)
+        return Detections(boxes, scores, landmarks, extra)
 
-    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
-        """One :class:`Detections` per RGB uint8 image, in order (images run one by one)."""
-        return [self.detect(im) for im in images]
-
-    def provenance(self) -> dict[str, Any]:
-        """Parameters, each weight file's sha256 and that of its copy with metadata added."""
+    def _parameters(self) -> dict[str, Any]:
+        """Parameters, and the sha256 of each weight file's copy with metadata added."""
         return {
-            "backend": self.name,
             "model": self.model,
-            "min_detection_confidence": self.min_detection_confidence,
-            "min_suppression_threshold": self.min_suppression_threshold,
+            "score_threshold": self.score_threshold,
+            "nms_threshold": self.nms_threshold,
             "refine": self.refine,
             "refine_scale": self.refine_scale,
-            "weights": dict(self._weights),
             "task_model_sha256": dict(self._task_sha256),
             "normalization": {"mean": NORM_MEAN, "std": NORM_STD},
             "mediapipe": self._mp_version,

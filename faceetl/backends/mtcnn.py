@@ -5,7 +5,9 @@ The cascade follows facenet-pytorch's ``detect_face``: an image pyramid (min fac
 factor 0.709) scored by P-Net, NMS per image and scale (0.5) then per image (0.7), box
 regression and squaring; R-Net on 24x24 crops (threshold 0.7, NMS 0.7); O-Net on 48x48 crops
 (threshold 0.7), landmarks, box regression and a final "Min"-overlap NMS (0.7). Inputs are RGB,
-normalised as ``(x - 127.5) / 128``; resampling is torch's "area" mode.
+normalised as ``(x - 127.5) / 128``; resampling is torch's "area" mode. The O-Net probability
+is the face's score, so the O-Net threshold is ``score_threshold``; the P- and R-Net ones are
+``stage_thresholds`` (the three were ``thresholds`` before).
 
 Batching: every area resample (the pyramid levels and the face crops) is read from per-image
 integral images, so images of any size share one gather per scale / stage. Pyramid levels of
@@ -30,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceetl.backends.base import Detections, register_backend
+from faceetl.backends.base import BaseDetector, Detections, register_backend
+from faceetl.backends.params import renamed
 from faceetl.nets.mtcnn import ONet, PNet, RNet, load_weights
 from faceetl.nets.nms import batched_nms
 from faceetl.weights import fetch, weights_info
@@ -225,25 +228,46 @@ def _group_by_size(sizes: list[tuple[int, int]], slack: float = 1.5) -> list[lis
     return groups
 
 
-@register_backend("mtcnn", workers=4, gpu=True)
-class MTCNNDetector:
-    """MTCNN face detector with facenet-pytorch's weights; boxes, O-Net scores, 5 landmarks."""
+def _split_thresholds(thresholds: tuple[float, float, float]) -> dict[str, Any]:
+    """The deprecated ``thresholds`` (P-, R-, O-Net) as the new parameters (O-Net: the score)."""
+    t = tuple(thresholds)
+    if len(t) != 3:
+        raise ValueError(f"thresholds must be three numbers (P-, R-, O-Net), got {thresholds!r}")
+    return {"stage_thresholds": t[:2], "score_threshold": t[2]}
 
+
+@register_backend("mtcnn", workers=4, gpu=True)
+class MTCNNDetector(BaseDetector):
+    """MTCNN face detector with facenet-pytorch's weights; boxes, O-Net scores, 5 landmarks.
+
+    ``score_threshold``: the least O-Net probability (the score); ``stage_thresholds``: the least
+    P-Net and R-Net probabilities of a candidate; ``min_face_size``: the smallest face the image
+    pyramid searches for, in pixels; ``nms_thresholds``: the overlaps of the NMS per scale, per
+    image, after R-Net and (intersection over the smaller box) after O-Net.
+    """
+
+    # shared by threads: the networks are only read and every call keeps its state in locals
+    thread_safe = True
     name = "mtcnn"
 
+    @renamed(thresholds=_split_thresholds)
     def __init__(
         self,
         *,
         min_face_size: int = 20,
-        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        score_threshold: float = 0.7,
+        stage_thresholds: tuple[float, float] = (0.6, 0.7),
         factor: float = 0.709,
         nms_thresholds: tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7),
         device: str | None = None,
         batched: bool = True,
         crop_batch: int = 512,
     ) -> None:
+        if len(stage_thresholds) != 2:
+            raise ValueError(f"stage_thresholds must be two numbers, got {stage_thresholds!r}")
         self.min_face_size = int(min_face_size)
-        self.thresholds = tuple(float(t) for t in thresholds)
+        self.score_threshold = float(score_threshold)
+        self.stage_thresholds = tuple(float(t) for t in stage_thresholds)
         self.factor = float(factor)
         self.nms_thresholds = tuple(float(t) for t in nms_thresholds)
         if device is None:
@@ -252,45 +276,37 @@ class MTCNNDetector:
         self.batched = bool(batched)
         self.crop_batch = int(crop_batch)
         self._paths = {n: _weight_path(n) for n in ("pnet", "rnet", "onet")}
+        self._weights = {
+            f"{n}.pt": weights_info(f"mtcnn_{n}").sha256 for n in ("pnet", "rnet", "onet")
+        }
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
         for n, net in (("pnet", self.pnet), ("rnet", self.rnet), ("onet", self.onet)):
             load_weights(net, self._paths[n])
             net.to(self.device).eval()
 
-    # ------------------------------------------------------------------ public API
+    # ------------------------------------------------------------------ detection
 
-    def provenance(self) -> dict[str, Any]:
-        """Parameters and the sha256 of the three weight files."""
+    def _device(self) -> str:
+        return str(self.device)
+
+    def _parameters(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
             "min_face_size": self.min_face_size,
-            "thresholds": list(self.thresholds),
+            "score_threshold": self.score_threshold,
+            "stage_thresholds": list(self.stage_thresholds),
             "factor": self.factor,
             "nms_thresholds": list(self.nms_thresholds),
-            "device": str(self.device),
             "batched": self.batched,
-            "weights": {
-                f"{n}.pt": weights_info(f"mtcnn_{n}").sha256 for n in ("pnet", "rnet", "onet")
-            },
         }
 
     @torch.inference_mode()
-    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
-        """One :class:`Detections` per RGB uint8 image, in order."""
-        if not images:
-            return []
-        for im in images:
-            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-                raise ValueError(f"expected RGB uint8 (H, W, 3), got {im.dtype} {im.shape}")
+    def _detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """Boxes, O-Net scores and landmarks of each image (batched or per-image path)."""
         if self.batched:
             raw = self._detect_batched(images)
         else:
             raw = [self._detect_reference(im) for im in images]
-        out = []
-        for im, (boxes, scores, points) in zip(images, raw, strict=True):
-            d = Detections(boxes, scores, points)
-            out.append(d.clip(im.shape[1], im.shape[0]))
-        return out
+        return [Detections(boxes, scores, points) for boxes, scores, points in raw]
 
     # ------------------------------------------------------------------ internals
 
@@ -331,7 +347,7 @@ class MTCNNDetector:
         ``crops_fn(img, windows, size)`` gives the area-resampled crops; returns the final
         boxes, O-Net scores, landmarks (N, 5, 2) and image indices.
         """
-        t_r, t_o = self.thresholds[1], self.thresholds[2]
+        t_r, t_o = self.stage_thresholds[1], self.score_threshold
         nms_img, nms_r, nms_o = self.nms_thresholds[1:]
         dev = self.device
         empty = (
@@ -411,7 +427,7 @@ class MTCNNDetector:
                 x = _normalise(x)
                 reg, prob = self.pnet(x, valid_hw=hw)
                 bx, bi = _cells_to_boxes(
-                    reg, prob, scale, self.thresholds[0], _pnet_output_size(hw)
+                    reg, prob, scale, self.stage_thresholds[0], _pnet_output_size(hw)
                 )
                 cand.append(bx)
                 cand_img.append(img[bi])
@@ -444,7 +460,7 @@ class MTCNNDetector:
             x = _normalise(F.interpolate(t, size=(hs, ws), mode="area"))
             reg, prob = self.pnet(x)
             out_hw = torch.tensor([[prob.shape[1], prob.shape[2]]], device=dev)
-            bx, _ = _cells_to_boxes(reg, prob, scale, self.thresholds[0], out_hw)
+            bx, _ = _cells_to_boxes(reg, prob, scale, self.stage_thresholds[0], out_hw)
             zeros = torch.zeros(len(bx), dtype=torch.long, device=dev)
             keep = _nms(bx[:, :4], bx[:, 4], zeros, self.nms_thresholds[0])
             cand.append(bx[keep])

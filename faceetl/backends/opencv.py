@@ -15,13 +15,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from faceetl.backends.base import N_LANDMARKS, Detections, register_backend
+from faceetl.backends.base import N_LANDMARKS, BaseDetector, Detections, register_backend
+from faceetl.backends.params import renamed
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,18 @@ def cascade_sha256(filename: str) -> str:
     return _file_sha256(str(cascade_path(filename)))
 
 
-@functools.cache
+_THREAD = threading.local()
+
+
 def _eye_cascade() -> cv2.CascadeClassifier:
-    cc = cv2.CascadeClassifier(str(cascade_path(EYE_CASCADE)))
-    if cc.empty():
-        raise RuntimeError(f"could not load {EYE_CASCADE}")
+    """This thread's eye cascade: a CascadeClassifier must not be used by two threads at once
+    (shared, it fails with ``getScaleData`` assertions or crashes the process)."""
+    cc = getattr(_THREAD, "eye_cascade", None)
+    if cc is None:
+        cc = cv2.CascadeClassifier(str(cascade_path(EYE_CASCADE)))
+        if cc.empty():
+            raise RuntimeError(f"could not load {EYE_CASCADE}")
+        _THREAD.eye_cascade = cc
     return cc
 
 
@@ -185,36 +194,42 @@ def find_eyes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-@register_backend("opencv", workers=10, gpu=False)
-class OpenCVDetector:
+@register_backend("opencv", workers=10, gpu=False, evaluation={"max_side": None})
+class OpenCVDetector(BaseDetector):
     """Haar frontal-face cascade (boxes, scores) + eye cascade (eye centres).
 
     ``max_side``: images whose longer side exceeds it are shrunk for the face search (speed;
-    ``min_size`` is then in shrunk pixels); boxes come back in input pixels and the eye search
-    runs on the full-resolution image. ``None`` searches at full resolution.
+    ``min_face_size`` is then in shrunk pixels); boxes come back in input pixels and the eye
+    search runs on the full-resolution image. ``None`` searches at full resolution.
+    ``score_threshold``: the least score kept (default 0: every face the cascade accepts).
     """
 
     name = "opencv"
 
+    @renamed(min_size="min_face_size")
     def __init__(
         self,
         *,
         cascade: str = "alt",
         scale_factor: float = 1.1,
         min_neighbors: int = 3,
-        min_size: int = 20,
+        min_face_size: int = 20,
         equalize: bool = True,
         max_side: int | None = 1280,
         eyes: bool = True,
+        score_threshold: float = 0.0,
     ) -> None:
         if cascade not in FACE_CASCADES:
             raise ValueError(f"cascade must be one of {FACE_CASCADES}, got {cascade!r}")
         if scale_factor <= 1.0:
             raise ValueError("scale_factor must be > 1")
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError("score_threshold must be in [0, 1]")
         self.cascade = cascade
         self.scale_factor = float(scale_factor)
         self.min_neighbors = int(min_neighbors)
-        self.min_size = int(min_size)
+        self.min_face_size = int(min_face_size)
+        self.score_threshold = float(score_threshold)
         self.equalize = bool(equalize)
         self.max_side = None if max_side is None else int(max_side)
         self.eyes = bool(eyes)
@@ -223,20 +238,14 @@ class OpenCVDetector:
         if self._face.empty():
             raise RuntimeError(f"could not load {self._face_path}")
         self._threshold = _last_stage_threshold(self._face_path)
+        self._weights = {self._face_path.name: _file_sha256(str(self._face_path))}
         if self.eyes:
             _eye_cascade()
+            self._weights[EYE_CASCADE] = cascade_sha256(EYE_CASCADE)
 
-    @staticmethod
-    def _gray(image: np.ndarray) -> np.ndarray:
-        image = np.asarray(image)
-        if image.ndim == 2:
-            return image
-        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-
-    def detect(self, image: np.ndarray) -> Detections:
-        """Faces of one RGB uint8 image."""
+    def _detect_one(self, image: np.ndarray) -> Detections:
         h, w = image.shape[:2]
-        gray = self._gray(image)
+        gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
         small = gray
         scale = 1.0
         if self.max_side is not None and max(h, w) > self.max_side:
@@ -246,7 +255,7 @@ class OpenCVDetector:
             cv2.equalizeHist(small) if self.equalize else small,
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size),
+            minSize=(self.min_face_size, self.min_face_size),
             outputRejectLevels=True,
         )
         if len(rects) == 0:
@@ -256,29 +265,21 @@ class OpenCVDetector:
         margin = np.asarray(weights, np.float64).reshape(-1) - self._threshold
         scores = 1.0 - np.exp(-np.clip(margin, 0, None) / SCORE_SCALE)
         order = np.argsort(-scores, kind="stable")
+        order = order[scores[order] >= self.score_threshold]
         boxes, scores = boxes[order], scores[order]
         lms = find_eyes(gray, boxes) if self.eyes else None
-        return Detections(boxes, scores, lms).clip(w, h)
+        return Detections(boxes, scores, lms)
 
-    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
-        """One :class:`Detections` per RGB uint8 image, in order."""
-        return [self.detect(im) for im in images]
-
-    def provenance(self) -> dict[str, Any]:
-        """Parameters, OpenCV version and the sha256 of the cascade files used."""
-        weights = {self._face_path.name: _file_sha256(str(self._face_path))}
-        if self.eyes:
-            weights[EYE_CASCADE] = cascade_sha256(EYE_CASCADE)
+    def _parameters(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
             "cascade": self.cascade,
             "scale_factor": self.scale_factor,
             "min_neighbors": self.min_neighbors,
-            "min_size": self.min_size,
+            "min_face_size": self.min_face_size,
+            "score_threshold": self.score_threshold,
             "equalize": self.equalize,
             "max_side": self.max_side,
             "eyes": self.eyes,
             "score": f"1-exp(-(last_stage_weight-{self._threshold:.4f})/{SCORE_SCALE})",
             "opencv": cv2.__version__,
-            "weights_sha256": weights,
         }

@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceetl.backends.base import Detections, register_backend
+from faceetl.backends.base import BaseDetector, Detections, register_backend
+from faceetl.backends.params import renamed
 from faceetl.boxes import box_iou
 from faceetl.nets.nms import batched_nms
 from faceetl.nets.retinaface import CONFIGS, MEAN_BGR, RetinaFace, load_weights, network_name
@@ -33,6 +35,7 @@ from faceetl.nets.retinaface_priors import (
     decode_landmarks,
     priors_for,
 )
+from faceetl.onnx_graph import DEFAULT_OPSET, cached_export, cached_session
 from faceetl.weights import resolve
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,73 @@ class PaddingMask:
                 self._valid, self._masks = None, {}
 
 
+# ----------------------------------------------------------------------------- ONNX graph
+
+#: outputs of RetinaFace's ONNX graph (input ``"input"``: BGR minus the mean, NCHW)
+ONNX_OUTPUTS = ("loc", "conf", "landmarks")
+#: its dynamic input axes
+ONNX_AXES = {0: "batch", 2: "height", 3: "width"}
+#: version of the graph in the cached file names (bump when the graph changes)
+ONNX_VERSION = 1
+#: images larger than this (longest side) are downscaled for the check, as ``max_side``
+_CHECK_MAX_SIDE = 2048
+
+
+class OnnxGraph(nn.Module):
+    """RetinaFace as exported: box deltas, softmaxed (background, face) and landmark deltas.
+
+    No padding masks (hooks cannot be exported): run mixed sizes one by one for exact results.
+    """
+
+    def __init__(self, net: RetinaFace) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loc, logits, ldm = self.net(x)
+        return loc, torch.softmax(logits, dim=-1), ldm
+
+
+def onnx_inputs(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Graph inputs from RGB uint8 images for a check: one batch per image (as the detector runs
+    them alone, longest side capped at 2048) and a batch of 2 (the first image and its mirror)."""
+    mean = np.array(MEAN_BGR, np.float32)
+    batches = []
+    for img in images:
+        s = min(1.0, _CHECK_MAX_SIDE / max(img.shape[:2]))
+        if s < 1.0:
+            size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+        x = (img[:, :, ::-1].astype(np.float32) - mean).transpose(2, 0, 1)
+        batches.append(np.ascontiguousarray(x[None]))
+    first = batches[0][0]
+    batches.append(np.ascontiguousarray(np.stack([first, first[:, :, ::-1]])))
+    return batches
+
+
+def onnx_metadata(network: str) -> dict[str, str]:
+    """What an ONNX file of the graph says about itself."""
+    return {
+        "faceetl.kind": "retinaface",
+        "faceetl.network": network,
+        "faceetl.input": "BGR float32 minus mean (104, 117, 123), NCHW, any height and width",
+        "faceetl.outputs": "loc (B,P,4) deltas; conf (B,P,2) softmax [background, face]; "
+        "landmarks (B,P,10) deltas; priors: faceetl.backends.retinaface.priors_for, "
+        "variances (0.1, 0.2)",
+    }
+
+
+def onnx_file(net: RetinaFace, weights_sha256: str, opset: int = DEFAULT_OPSET) -> Path:
+    """The ONNX graph of a loaded RetinaFace, exported (and checked against torch) once into
+    ``$FACEETL_HOME/onnx``, keyed by the weights' sha256, the network and the opset."""
+    return cached_export(
+        OnnxGraph(net), f"retinaface_{net.network}", weights_sha256,
+        outputs=ONNX_OUTPUTS, dynamic=ONNX_AXES, example=torch.zeros(2, 3, 480, 640),
+        prepare=onnx_inputs, metadata=onnx_metadata(net.network), opset=opset,
+        version=ONNX_VERSION,
+    )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- backend
 
 #: canvases are padded to a multiple of the coarsest feature stride
@@ -109,21 +179,30 @@ def _valid_priors(height: int, width: int, canvas: tuple[int, int]) -> np.ndarra
     return np.concatenate(out)
 
 
-@register_backend("retinaface", workers=2, gpu=True)
-class RetinaFaceDetector:
+@register_backend(
+    "retinaface",
+    workers=2,
+    gpu=True,
+    evaluation={"score_threshold": 0.02, "max_side": None},  # the WIDER FACE evaluation setting
+)
+class RetinaFaceDetector(BaseDetector):
     """RetinaFace face detector with 5 landmarks, batched over mixed-size images."""
 
     name = "retinaface"
+    # one instance per process is shared by threads: torch inference is thread-safe, the padding
+    # masks hold their own lock, onnxruntime sessions may be run from several threads
+    thread_safe = True
 
+    @renamed(conf_threshold="score_threshold", max_size="max_side")
     def __init__(
         self,
         *,
         network: str = "mobilenet0.25",
-        conf_threshold: float = 0.5,
+        score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
         top_k: int = 5000,
         keep_top_k: int = 750,
-        max_size: int | None = 2048,
+        max_side: int | None = 2048,
         large_face_pass: bool = True,
         exact_padding: bool = True,
         batch_pixels: int | None = None,
@@ -135,22 +214,22 @@ class RetinaFaceDetector:
     ) -> None:
         """Build and load the network.
 
-        ``conf_threshold=0.02`` is the WIDER FACE evaluation setting. ``max_size`` caps the
-        longest side (images are downscaled, boxes still come back in input pixels); ``None``
-        runs every image at its original scale. ``large_face_pass``: RetinaFace finds faces
-        larger than its largest anchors (512 px) twice, the second box shifted; where a face
-        that large is found, the image is detected again downscaled so that face is 256 px, and
-        the faces found there replace those they overlap (``False``: the reference pipeline's
-        output as it is). Mixed-size images share a zero-padded canvas;
-        with ``exact_padding`` the padding is kept out of every image's features so that an
-        image gives the same detections alone or in any batch (``False``: a little faster,
-        faces at the right/bottom edges may move). A batch is split into several canvases where
-        one canvas (batch x height x width) would exceed ``batch_pixels`` or the canvases would
-        hold more than ``pad_waste`` times the images' own pixels. ``batch_pixels=None`` picks
-        16M on CUDA and 0 on CPU (each image runs alone: measured faster on CPU than padded
-        batches); ``pad_waste=inf`` with a large ``batch_pixels`` gives one canvas per batch. ``weights``
-        is an optional local state-dict path used instead of the registered release file.
-        ``half`` enables fp16 autocast on CUDA.
+        ``score_threshold=0.02`` with ``max_side=None`` is the WIDER FACE evaluation setting.
+        ``max_side`` caps the longest side (images are downscaled, boxes still come back in
+        input pixels); ``None`` runs every image at its original scale. ``large_face_pass``:
+        RetinaFace finds faces larger than its largest anchors (512 px) twice, the second box
+        shifted; where a face that large is found, the image is detected again downscaled so
+        that face is 256 px, and the faces found there replace those they overlap (``False``:
+        the reference pipeline's output as it is). Mixed-size images share a zero-padded
+        canvas; with ``exact_padding`` the padding is kept out of every image's features so
+        that an image gives the same detections alone or in any batch (``False``: a little
+        faster, faces at the right/bottom edges may move). A batch is split into several
+        canvases where one canvas (batch x height x width) would exceed ``batch_pixels`` or the
+        canvases would hold more than ``pad_waste`` times the images' own pixels.
+        ``batch_pixels=None`` picks 16M on CUDA and 0 on CPU (each image runs alone: measured
+        faster on CPU than padded batches); ``pad_waste=inf`` with a large ``batch_pixels``
+        gives one canvas per batch. ``weights`` is an optional local state-dict path used
+        instead of the registered release file. ``half`` enables fp16 autocast on CUDA.
 
         ``runtime="onnx"`` runs the network in onnxruntime (CUDAExecutionProvider first when
         available) on a graph exported once into ``$FACEETL_HOME/onnx`` (keyed by the weights'
@@ -159,14 +238,14 @@ class RetinaFaceDetector:
         alone (a batch of one); without it mixed sizes share the mean-colour canvas unmasked.
         """
         network = network_name(network)
-        if max_size is not None and max_size < 32:
-            raise ValueError("max_size must be >= 32 or None")
+        if max_side is not None and max_side < 32:
+            raise ValueError("max_side must be >= 32 or None")
         self.network = network
-        self.conf_threshold = float(conf_threshold)
+        self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.top_k = int(top_k)
         self.keep_top_k = int(keep_top_k)
-        self.max_size = None if max_size is None else int(max_size)
+        self.max_side = None if max_side is None else int(max_side)
         self.large_face_pass = bool(large_face_pass)
         self.exact_padding = bool(exact_padding)
         self.pad_waste = float(pad_waste)
@@ -186,11 +265,7 @@ class RetinaFaceDetector:
         self.model.eval()
         self._session: Any = None
         if runtime == "onnx":
-            from faceetl.export import onnx_session, retinaface_onnx_cached
-
-            sha = next(iter(self._weights.values()))
-            onnx_path = retinaface_onnx_cached(self.model, network, sha)
-            self._session = onnx_session(onnx_path, device)
+            self._session = cached_session(onnx_file(self.model, resolved.sha256), device)
         self.model.to(self.device)
         self._mean = torch.tensor(MEAN_BGR, dtype=torch.float32, device=self.device).view(
             1, 3, 1, 1
@@ -201,9 +276,9 @@ class RetinaFaceDetector:
     # -- helpers
 
     def _scale_for(self, h: int, w: int) -> float:
-        if self.max_size is None or max(h, w) <= self.max_size:
+        if self.max_side is None or max(h, w) <= self.max_side:
             return 1.0
-        return self.max_size / max(h, w)
+        return self.max_side / max(h, w)
 
     def _priors_for(self, h: int, w: int) -> torch.Tensor:
         key = (h, w)
@@ -240,26 +315,19 @@ class RetinaFaceDetector:
         groups.append(cur)
         return groups
 
-    # -- the Detector protocol
+    # -- detection
 
     @torch.inference_mode()
-    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
-        """One :class:`Detections` per RGB uint8 image (boxes, scores, 5 landmarks in input pixels)."""
+    def _detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """Boxes, scores and 5 landmarks in input pixels, images grouped onto shared canvases."""
         scaled, scales = [], []
         for img in images:
-            img = np.asarray(img)
-            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise ValueError(
-                    f"expected an RGB uint8 image (H, W, 3), got {img.dtype} {img.shape}"
-                )
             s = self._scale_for(*img.shape[:2])
             if s != 1.0:
                 size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
                 img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
             scaled.append(img)
             scales.append(s)
-        if not images:
-            return []
         out: list[Detections | None] = [None] * len(images)
         for group in self._groups([img.shape[:2] for img in scaled]):
             dets = self._detect_canvas([scaled[i] for i in group])
@@ -285,7 +353,7 @@ class RetinaFaceDetector:
         padded = any(s != (ch, cw) for s in shapes)
         valid = torch.tensor(shapes, device=self.device) if padded and self.exact_padding else None
         if self._session is not None:
-            outs = self._session.run(["loc", "conf", "landmarks"], {"input": x.cpu().numpy()})
+            outs = self._session.run(list(ONNX_OUTPUTS), {"input": x.cpu().numpy()})
             loc, conf, ldm = (torch.from_numpy(o).to(self.device) for o in outs)
         else:
             with (
@@ -299,7 +367,7 @@ class RetinaFaceDetector:
 
         boxes_l, scores_l, lms_l, groups_l = [], [], [], []
         for k, (h, w) in enumerate(shapes):
-            ok = scores[k] > self.conf_threshold
+            ok = scores[k] > self.score_threshold
             if padded:  # only the priors this image has when run alone
                 ok &= torch.from_numpy(_valid_priors(h, w, (ch, cw))).to(self.device)
             idx = torch.nonzero(ok).squeeze(1)
@@ -343,22 +411,21 @@ class RetinaFaceDetector:
         overlap = box_iou(det.boxes, big.boxes).max(axis=1)
         return Detections.concat([big, det.select(overlap < 0.2)])
 
-    def provenance(self) -> dict[str, Any]:
-        """Parameters and the sha256 of the weight file."""
+    def _device(self) -> str:
+        return self.device.type
+
+    def _parameters(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
             "network": self.network,
-            "conf_threshold": self.conf_threshold,
+            "score_threshold": self.score_threshold,
             "nms_threshold": self.nms_threshold,
             "top_k": self.top_k,
             "keep_top_k": self.keep_top_k,
-            "max_size": self.max_size,
+            "max_side": self.max_side,
             "large_face_pass": self.large_face_pass,
             "exact_padding": self.exact_padding,
             "batch_pixels": self.batch_pixels,
             "pad_waste": self.pad_waste if math.isfinite(self.pad_waste) else None,
-            "device": self.device.type,
             "fp16": self.half,
             "runtime": self.runtime,
-            "weights": dict(self._weights),
         }

@@ -15,8 +15,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from faceetl.backends.base import Detections, register_backend
+from faceetl.backends.base import BaseDetector, Detections, register_backend
 from faceetl.backends.opencv import EYE_CASCADE, cascade_sha256, find_eyes
+from faceetl.backends.params import renamed
 from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
 from faceetl.weights import fetch, weights_info
 
@@ -34,36 +35,40 @@ MODELS = {
 
 
 @register_backend("ssd", workers=4, gpu=False)
-class SSDDetector:
+class SSDDetector(BaseDetector):
     """OpenCV DNN res10 SSD: boxes and confidences, Haar-cascade eye centres.
 
-    ``confidence``: the least model confidence kept. ``min_inside``: the least fraction of a
-    raw box's area inside the image (filters the model's spurious boxes on tight crops).
-    ``min_box``: the least width and height in pixels after clipping.
+    ``score_threshold``: the least model confidence kept. ``min_inside``: the least fraction of
+    a raw box's area inside the image (filters the model's spurious boxes on tight crops).
+    ``min_face_size``: the least box width and height in pixels after clipping.
     """
 
     name = "ssd"
 
+    @renamed(confidence="score_threshold", min_box="min_face_size")
     def __init__(
         self,
         *,
         model: str = "tensorflow",
-        confidence: float = 0.5,
+        score_threshold: float = 0.5,
         eyes: bool = True,
-        min_box: float = 4.0,
+        min_face_size: float = 4.0,
         min_inside: float = 0.75,
     ) -> None:
         if model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
-        if not 0.0 <= confidence <= 1.0:
-            raise ValueError("confidence must be in [0, 1]")
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError("score_threshold must be in [0, 1]")
         self.model = model
-        self.confidence = float(confidence)
+        self.score_threshold = float(score_threshold)
         self.eyes = bool(eyes)
-        self.min_box = float(min_box)
+        self.min_face_size = float(min_face_size)
         self.min_inside = float(min_inside)
         net_name, cfg_name = MODELS[model]
-        self._weights = {n: weights_info(n) for n in (net_name, cfg_name)}
+        files = [weights_info(n) for n in (net_name, cfg_name)]
+        self._weights = {wf.filename: wf.sha256 for wf in files}
+        if self.eyes:
+            self._weights[EYE_CASCADE] = cascade_sha256(EYE_CASCADE)
         net_path, cfg_path = fetch(net_name), fetch(cfg_name)
         if model == "tensorflow":
             self._net = cv2.dnn.readNetFromTensorflow(str(net_path), str(cfg_path))
@@ -92,16 +97,14 @@ class SSDDetector:
             outs.append(o)
         return np.concatenate(outs) if outs else np.zeros((0, 7), np.float32)
 
-    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
-        """One :class:`Detections` per RGB uint8 image, in order."""
-        if not images:
-            return []
+    def _detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """All images in one blob (or one by one, see :meth:`_forward`)."""
         bgr = [cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2BGR) for im in images]
         blob = cv2.dnn.blobFromImages(
             bgr, 1.0, (INPUT_SIZE, INPUT_SIZE), MEAN_BGR, swapRB=False, crop=False
         )
         raw = self._forward(blob)
-        raw = raw[np.isfinite(raw).all(axis=1) & (raw[:, 2] >= self.confidence)]
+        raw = raw[np.isfinite(raw).all(axis=1) & (raw[:, 2] >= self.score_threshold)]
         out = []
         for i, im in enumerate(images):
             h, w = im.shape[:2]
@@ -109,39 +112,32 @@ class SSDDetector:
             # on tight crops (e.g. aligned faces) the model emits confident boxes lying partly
             # or wholly outside [0, 1]; on whole photos real faces lie >= 98% inside. Drop
             # boxes with less than min_inside of their area inside the image, clip the rest,
-            # and drop those left narrower or shorter than min_box pixels.
+            # and drop those left narrower or shorter than min_face_size pixels.
             raw_b = r[:, 3:7].astype(np.float64)
             area = (raw_b[:, 2] - raw_b[:, 0]) * (raw_b[:, 3] - raw_b[:, 1])
             c = np.clip(raw_b, 0.0, 1.0)
             inside = (c[:, 2] - c[:, 0]).clip(0) * (c[:, 3] - c[:, 1]).clip(0)
             ok_area = (area > 0) & (inside >= self.min_inside * np.maximum(area, 1e-12))
             b = c * [w, h, w, h]
-            keep = (
-                ok_area & (b[:, 2] - b[:, 0] >= self.min_box) & (b[:, 3] - b[:, 1] >= self.min_box)
-            )
+            size = self.min_face_size
+            keep = ok_area & (b[:, 2] - b[:, 0] >= size) & (b[:, 3] - b[:, 1] >= size)
             b, s = b[keep], np.clip(r[keep, 2], 0.0, 1.0)
             order = np.argsort(-s, kind="stable")
             b, s = b[order], s[order]
             lms = None
             if self.eyes and len(b):
                 lms = find_eyes(cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY), b)
-            out.append(Detections(b, s, lms).clip(w, h))
+            out.append(Detections(b, s, lms))
         return out
 
-    def provenance(self) -> dict[str, Any]:
-        """Parameters, OpenCV version and the sha256 of the weight files used."""
-        weights = {wf.filename: wf.sha256 for wf in self._weights.values()}
-        if self.eyes:
-            weights[EYE_CASCADE] = cascade_sha256(EYE_CASCADE)
+    def _parameters(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
             "model": self.model,
-            "confidence": self.confidence,
-            "min_box": self.min_box,
+            "score_threshold": self.score_threshold,
+            "min_face_size": self.min_face_size,
             "min_inside": self.min_inside,
             "eyes": self.eyes,
             "input_size": INPUT_SIZE,
             "mean_bgr": list(MEAN_BGR),
             "opencv": cv2.__version__,
-            "weights_sha256": weights,
         }

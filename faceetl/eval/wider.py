@@ -37,97 +37,25 @@ Documented differences from the official tools (none changes a result on valid i
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..datasets.wider import SETTINGS, WiderGT, read_widerface_gt  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-SETTINGS = ("easy", "medium", "hard")
 THRESH_NUM = 1000
-
-#: backend parameters of the WIDER FACE protocol (original scale, low score threshold); the
-#: caller's parameters override them
-WIDER_BACKEND_PARAMS: dict[str, dict[str, Any]] = {
-    "retinaface": {"conf_threshold": 0.02, "max_size": None},
-    "opencv": {"max_side": None},
-}
 
 _EVENT_RE = re.compile(r"^\d+--.+$")
 
 Predictions = str | os.PathLike | pd.DataFrame | Mapping[str, np.ndarray]
-
-
-# ----------------------------------------------------------------------------- ground truth
-
-
-@dataclass(frozen=True)
-class WiderGT:
-    """WIDER FACE ground truth: per image its event, name, boxes and counted-box indices."""
-
-    events: tuple[str, ...]  # event folder of each image, e.g. "0--Parade"
-    names: tuple[str, ...]  # image name without extension
-    boxes: tuple[np.ndarray, ...]  # (K, 4) float64 x y w h
-    keep: dict[str, tuple[np.ndarray, ...]]  # setting -> 0-based int64 indices of counted boxes
-
-    def index(self) -> dict[str, int]:
-        """Image name -> position."""
-        return {n: i for i, n in enumerate(self.names)}
-
-
-def _mat_str(x: Any) -> str:
-    return str(np.asarray(x).ravel()[0])
-
-
-@functools.lru_cache(maxsize=4)
-def _read_gt_cached(gt_dir: str) -> WiderGT:
-    from scipy.io import loadmat
-
-    root = Path(gt_dir)
-    full = loadmat(root / "wider_face_val.mat")
-    events: list[str] = []
-    names: list[str] = []
-    boxes: list[np.ndarray] = []
-    for i in range(len(full["event_list"])):
-        event = _mat_str(full["event_list"][i][0])
-        files = full["file_list"][i][0]
-        bbx = full["face_bbx_list"][i][0]
-        for j in range(len(files)):
-            events.append(event)
-            names.append(_mat_str(files[j][0]))
-            boxes.append(np.asarray(bbx[j][0], np.float64).reshape(-1, 4))
-    keep: dict[str, tuple[np.ndarray, ...]] = {}
-    for setting in SETTINGS:
-        mat = loadmat(root / f"wider_{setting}_val.mat")
-        gl = mat["gt_list"]
-        if len(gl) != len(full["event_list"]):
-            raise ValueError(
-                f"wider_{setting}_val.mat has {len(gl)} events, expected {len(full['event_list'])}"
-            )
-        lists: list[np.ndarray] = []
-        for i in range(len(gl)):
-            for j in range(len(gl[i][0])):
-                # 1-based MATLAB indices, stored as uint8/uint16: widen before subtracting
-                lists.append(np.asarray(gl[i][0][j][0], np.int64).ravel() - 1)
-        if len(lists) != len(names):
-            raise ValueError(
-                f"wider_{setting}_val.mat lists {len(lists)} images, expected {len(names)}"
-            )
-        keep[setting] = tuple(lists)
-    return WiderGT(tuple(events), tuple(names), tuple(boxes), keep)
-
-
-def read_widerface_gt(gt_dir: str | os.PathLike) -> WiderGT:
-    """The official val ground truth from the four ``.mat`` files in ``gt_dir`` (cached)."""
-    return _read_gt_cached(str(Path(gt_dir).resolve()))
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -453,12 +381,14 @@ def detect_widerface(
 ) -> pd.DataFrame:
     """Run ``backend`` over a WIDER-layout image folder (``<event>/<name>.jpg``); the face frame.
 
-    Images run at their original scale through :func:`faceetl.extract_faces` with the WIDER
-    protocol's parameters of :data:`WIDER_BACKEND_PARAMS` (RetinaFace: ``conf_threshold=0.02``,
-    ``max_size=None``), overridden by ``backend_params``. With ``out_dir`` the detections are also
-    written in the official txt layout (:func:`write_widerface_txt`; ``gt_dir`` is needed there
-    only when the images do not sit in event folders).
+    Images run through :func:`faceetl.extract_faces` with the evaluation parameters the backend
+    declares (:func:`faceetl.backends.base.evaluation_params`; RetinaFace:
+    ``score_threshold=0.02, max_side=None``, every image at its original scale), overridden by
+    ``backend_params``. With ``out_dir`` the detections are also written in the official txt
+    layout (:func:`write_widerface_txt`; ``gt_dir`` is needed there only when the images do not
+    sit in event folders).
     """
+    from ..backends.base import evaluation_params
     from ..pipeline.extract import IMAGE_EXTENSIONS, compute, extract_faces
 
     root = Path(image_dir)
@@ -467,7 +397,7 @@ def detect_widerface(
     )
     if not paths:
         raise FileNotFoundError(f"no images under {root}")
-    params = {**WIDER_BACKEND_PARAMS.get(backend, {}), **backend_params}
+    params = evaluation_params(backend, **backend_params)
     ddf = extract_faces(paths, backend=backend, keep_crops=False, **params)
     df = compute(ddf, progress=False).reset_index(drop=True)
     if out_dir is not None:

@@ -78,6 +78,19 @@ def output_columns(name: str, **params: Any) -> dict[str, Any]:
     return {**cols, f"{name}_provenance": "string[pyarrow]"}
 
 
+def check_crops(crops: list[np.ndarray], align: AlignSpec | None, what: str) -> None:
+    """Refuse crops that are not RGB uint8 ``(H, W, 3)`` of the ``align`` size (any size when
+    ``align`` is None): the crop geometry a predictor declares is the one it was checked on."""
+    for c in crops:
+        c = np.asarray(c)
+        ok = c.dtype == np.uint8 and c.ndim == 3 and c.shape[2] == 3
+        if align is not None:
+            ok = ok and c.shape[:2] == (align.size, align.size)
+        if not ok:
+            size = "(H, W, 3)" if align is None else f"{align.size}x{align.size}x3"
+            raise ValueError(f"{what} takes RGB uint8 crops of {size}, got {c.dtype} {c.shape}")
+
+
 def default_device(device: str | None = None) -> str:
     """``device`` or, when None, ``"cuda"`` where torch sees a GPU, else ``"cpu"``."""
     if device:

@@ -37,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 
 from faceetl.align import AlignSpec
-from faceetl.predictors.base import default_device, register_predictor
+from faceetl.predictors.base import check_crops, default_device, register_predictor
 from faceetl.weights import cached_sha256, packaged_model, resolve
 
 log = logging.getLogger(__name__)
@@ -129,20 +129,11 @@ class EmbeddingPredictor:
             self._version = str(torch.__version__)
         log.debug("embedding network %s loaded on %s", network, self.device)
 
-    def _check(self, crops: list[np.ndarray]) -> None:
-        s = self.align.size
-        for c in crops:
-            if c.dtype != np.uint8 or c.shape != (s, s, 3):
-                raise ValueError(
-                    f"{self.network} embeddings need RGB uint8 crops of {s}x{s}x3, "
-                    f"got {c.dtype} {c.shape}"
-                )
-
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         """(N, dim) float32 embeddings of RGB uint8 crops of the ``align`` size."""
         if not crops:
             return np.zeros((0, self.dim), np.float32)
-        self._check(crops)
+        check_crops(crops, self.align, f"{self.network} embedding")
         if self.network == "dlib":
             chips = [np.ascontiguousarray(c) for c in crops]
             vecs = self._model.compute_face_descriptor(chips, self.num_jitters)

@@ -41,8 +41,8 @@ from PIL import Image
 
 from ..align import AlignSpec
 from ..nets.fairface import load_model
-from ..weights import WeightsError, fetch, home, register_weights, sha256sum
-from .base import default_device, register_predictor
+from ..weights import WeightsError, home, register_weights, resolve
+from .base import check_crops, default_device, register_predictor
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def release_for(races: int = 7, release: str = "20190809") -> Release:
 def weights_path(rel: Release) -> Path:
     """Local path of a release file: fetched and verified where pinned, else from FACEETL_HOME."""
     if rel.sha256:
-        return fetch(rel.name)
+        return resolve(None, rel.name).path
     path = home() / rel.filename
     if not path.is_file():
         raise WeightsError(
@@ -197,15 +197,18 @@ class FairFacePredictor:
         self.release = release_for(races, release)
         self.races = self.release.races
         self.labels = RACES_7 if self.races == 7 else RACES_4
-        path = Path(weights) if weights is not None else weights_path(self.release)
-        if not path.is_file():
-            raise WeightsError(f"FairFace weights file {path} does not exist")
-        self.weights_file = path.name
-        self.weights_sha256 = self.release.sha256 or sha256sum(path)
-        if weights is not None or not self.release.sha256:
-            log.info("FairFace weights %s (not pinned) have sha256 %s", path, self.weights_sha256)
+        rel = self.release
+        # a pinned release is fetched and verified; an unpinned one is looked up in FACEETL_HOME
+        source = weights if weights is not None or rel.sha256 else weights_path(rel)
+        self.weights = resolve(source, rel.name, "FairFace")
+        self.weights_file, self.weights_sha256 = self.weights.path.name, self.weights.sha256
+        if self.weights.release is None:
+            log.info(
+                "FairFace weights %s (not pinned) have sha256 %s", self.weights.path,
+                self.weights_sha256,
+            )  # fmt: skip
         self.device = default_device(device)
-        self.model = load_model(path).to(self.device)
+        self.model = load_model(self.weights.path).to(self.device)
         self._torch = torch
 
     def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -221,8 +224,9 @@ class FairFacePredictor:
         return out.float().cpu().numpy()
 
     def predict_batch(self, crops: list[np.ndarray]) -> dict[str, list]:
-        """One label and one softmax vector per crop for every head of this model."""
-        out = self.logits(crops)
+        """One label and one softmax vector per crop (300 px dlib chips) for every head."""
+        check_crops(crops, self.align, "FairFace")
+        out = self.logits(crops) if crops else np.zeros((0, 18), np.float32)
         heads = [("race", slice(0, self.races), self.labels)]
         if self.races == 7:
             heads += [("gender", slice(7, 9), GENDERS), ("age", slice(9, 18), AGES)]
@@ -242,8 +246,8 @@ class FairFacePredictor:
             "release": next(k[0] for k, r in RELEASES.items() if r == self.release),
             "align": {"template": "dlib", "size": 300, "padding": 0.25},
             "resize": "PIL bilinear 224x224",
-            "weights": {self.weights_file: self.weights_sha256},
-            "weights_pinned": bool(self.release.sha256),
+            "weights": self.weights.provenance(),
+            "weights_pinned": self.weights.release is not None,
             "device": self.device,
         }
 

@@ -38,8 +38,8 @@ from ..nets.bisenet import (  # noqa: F401 (WEIGHTS_FILE, build/load: the predic
 )
 from ..nets.bisenet import MEAN as _MEAN
 from ..nets.bisenet import STD as _STD
-from ..weights import fetch, sha256sum
-from .base import default_device, register_predictor
+from ..weights import resolve
+from .base import check_crops, default_device, register_predictor
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,12 @@ STD = np.array(_STD, np.float32)
 #: default crop: a 512 px dlib face chip, loose enough for hair, ears and neck
 DEFAULT_PADDING = 0.75
 
-# The official file is a Google Drive download (id 154JgKpzCPW82qINcVieuPH3fZ2e0P812, linked from
-# the repository README). This is a commit-pinned Hugging Face mirror of it (used by MuseTalk's
-# download script); the sha256 and size (53,289,463 bytes) are pinned by several public projects
-# for 79999_iter.pth, and the same hash is that of CodeFormer/facexlib's parsing_bisenet.pth.
+# The release (registered in faceetl.nets.bisenet): the official file is a Google Drive download
+# (id 154JgKpzCPW82qINcVieuPH3fZ2e0P812, linked from the repository README); the registry's URL
+# is a commit-pinned Hugging Face mirror of it (used by MuseTalk's download script); the sha256
+# and size (53,289,463 bytes) are pinned by several public projects for 79999_iter.pth, and the
+# same hash is that of CodeFormer/facexlib's parsing_bisenet.pth.
+
 # a fixed palette for colorize(): background black, then one distinct colour per class
 _PALETTE = np.array(
     [
@@ -158,12 +160,11 @@ class ParsingPredictor:
         self.padding = float(padding)
         if self.padding != DEFAULT_PADDING:
             self.align = AlignSpec("dlib", INPUT_SIZE, self.padding)  # instance override
-        path = fetch(WEIGHTS_NAME) if weights is None else os.fspath(weights)
-        self.weights_file = os.path.basename(path)
-        self.sha256 = sha256sum(path)
-        self.net = load_bisenet(path).to(self.device)
+        self.weights = resolve(weights, WEIGHTS_NAME, "BiSeNet face parsing")
+        self.weights_file, self.sha256 = self.weights.path.name, self.weights.sha256
+        self.net = load_bisenet(self.weights.path).to(self.device)
         self._torch = torch
-        log.debug("parsing: BiSeNet loaded from %s on %s", path, self.device)
+        log.debug("parsing: BiSeNet loaded from %s on %s", self.weights.path, self.device)
 
     def masks(self, crops: list[np.ndarray]) -> np.ndarray:
         """(N, 512, 512) uint8 label masks of RGB uint8 crops."""
@@ -177,6 +178,8 @@ class ParsingPredictor:
         return labels.to(torch.uint8).cpu().numpy()
 
     def predict_batch(self, crops: list[np.ndarray]) -> dict[str, list]:
+        """A PNG label mask and the 19 class fractions per crop (of the ``align`` size)."""
+        check_crops(crops, self.align, "face parsing")
         masks = self.masks(crops)
         return {
             "parsing_mask": [encode_mask(m) for m in masks],
@@ -192,5 +195,5 @@ class ParsingPredictor:
             "input_size": INPUT_SIZE,
             "align": {"template": a.template, "size": a.size, "padding": a.padding},
             "device": self.device,
-            "weights": {self.weights_file: self.sha256},
+            "weights": self.weights.provenance(),
         }

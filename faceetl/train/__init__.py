@@ -1,18 +1,20 @@
-"""Training on the face DataFrame: multi-head classifiers fine-tuned on extracted crops.
+"""Training on the face DataFrame and the detection / parsing data sets.
 
-``faceetl.train.classifier(train, val, label_columns=[...])`` trains and returns
-``(model, metrics)``; ``load_classifier`` reloads a checkpoint and ``predict`` runs a model over a
-:class:`faceetl.data.FaceDataset`. ``faceetl.train.parsing`` trains BiSeNet face parsing on the
-CelebAMask-HQ layout; ``faceetl.train.retinaface`` trains RetinaFace on WIDER-layout annotations.
+``faceetl.train.classifier.train(train, val, label_columns=[...])`` fine-tunes a multi-head
+classifier on extracted crops and returns ``(model, metrics)``; ``load_classifier`` reloads a
+checkpoint and ``predict`` runs a model over a :class:`faceetl.datasets.FaceDataset` (calling
+``faceetl.train.classifier(...)`` itself still works, deprecated). ``faceetl.train.parsing``
+trains BiSeNet face parsing on the CelebAMask-HQ layout; ``faceetl.train.retinaface`` trains
+RetinaFace on WIDER-layout annotations. All three share :mod:`.common`: checkpoints and
+resuming, seeded loaders, mixed precision and DDP (``world_size=``).
 """
 
-from . import parsing, retinaface
+from . import classifier, common, parsing, retinaface
 from .classifier import (
     BACKBONES,
     MultiHeadClassifier,
     ResNet18,
     SmallCNN,
-    classifier,
     evaluate,
     load_classifier,
     make_backbone,
@@ -20,13 +22,14 @@ from .classifier import (
 )
 
 __all__ = [
+    "classifier",
+    "common",
     "parsing",
     "retinaface",
     "BACKBONES",
     "MultiHeadClassifier",
     "ResNet18",
     "SmallCNN",
-    "classifier",
     "evaluate",
     "load_classifier",
     "make_backbone",

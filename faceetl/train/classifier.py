@@ -1,24 +1,34 @@
 """Fine-tune a multi-head face classifier (one linear head per label column) on extracted crops.
 
+>>> from faceetl.train import classifier
 >>> train_df, val_df = stratified_split(faces, by=["race", "gender"], group="path")
->>> model, metrics = classifier(train_df, val_df, label_columns=["race", "gender", "age"],
-...                             epochs=10, checkpoint_dir="runs/fairface")
+>>> model, metrics = classifier.train(train_df, val_df, label_columns=["race", "gender", "age"],
+...                                   epochs=10, checkpoint_dir="runs/fairface")
 >>> model, classes = load_classifier("runs/fairface")
 >>> preds = predict(model, FaceDataset(val_df))
 
-The backbones are written here in plain torch (torchvision is optional): ``"resnet18"`` has
-torchvision's parameter names, so ``torchvision.models.resnet18(weights=...).state_dict()`` loads
-as ``pretrained_state_dict``; ``"small"`` is a 4-layer CNN for quick CPU runs. Models take RGB
-crops as float tensors in [0, 1] and normalise them with the ImageNet mean and std themselves.
+The backbones (:mod:`faceetl.nets.classifier`) are written in plain torch (torchvision is
+optional): ``"resnet18"`` has torchvision's parameter names, so
+``torchvision.models.resnet18(weights=...).state_dict()`` loads as ``pretrained_state_dict``;
+``"small"`` is a 4-layer CNN for quick CPU runs. Models take RGB crops as float tensors in [0, 1]
+and normalise them with the ImageNet mean and std themselves.
+
+Calling the module itself, ``faceetl.train.classifier(...)``, is the deprecated spelling of
+:func:`train` (a DeprecationWarning, the same result).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import sys
 import time
+import types
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +36,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
-from ..data import IGNORE_INDEX, FaceDataset
+from ..datasets.faces import FaceDataset
+from ..datasets.table import IGNORE_INDEX
 from ..nets.classifier import (
     BACKBONES,
     MultiHeadClassifier,
@@ -36,12 +46,24 @@ from ..nets.classifier import (
     SmallCNN,
     make_backbone,
 )
-from ._common import LAST, autocast, checkpoint_file, plain, save
-from ._common import progress as progress_bar
+from .common import (
+    Checkpoints,
+    all_reduce_sum,
+    amp_setup,
+    autocast,
+    barrier,
+    checkpoint_file,
+    device_for,
+    distributed,
+    launch,
+    make_loader,
+    plain,
+    shard,
+    wrap_ddp,
+)
+from .common import progress as progress_bar
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_VERSION = 1
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -60,21 +82,19 @@ def _as_dataset(
     return FaceDataset(source, label_columns=label_columns, classes=classes)
 
 
-def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _targets(labels: Mapping[str, Any], cols: Sequence[str], device: torch.device) -> dict:
     return {c: torch.as_tensor(labels[c]).long().to(device, non_blocking=True) for c in cols}
 
 
 def _loss(logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over heads of the mean cross-entropy (heads without a valid label in the batch skip)."""
+    """Sum over heads of the mean cross-entropy (heads without a valid label in the batch skip;
+    under DDP they add a zero, so every head's parameters take part in the gradient reduction)."""
     total = None
     for c, y in targets.items():
         if not bool((y != IGNORE_INDEX).any()):
+            if distributed():
+                zero = logits[c].float().sum() * 0.0
+                total = zero if total is None else total + zero
             continue
         ce = F.cross_entropy(logits[c].float(), y, ignore_index=IGNORE_INDEX)
         total = ce if total is None else total + ce
@@ -103,6 +123,15 @@ class _Tally:
             self.correct[c] += int(((logits[c].argmax(1) == y) & ok).sum())
             self.count[c] += int(ok.sum())
 
+    def reduce(self, device: torch.device) -> None:
+        """Sum the tallies of every process (nothing outside DDP)."""
+        vals = [self.loss, self.n, *self.correct.values(), *self.count.values()]
+        t = all_reduce_sum(torch.tensor(vals, dtype=torch.float64), device).tolist()
+        k = len(self.cols)
+        self.loss, self.n = t[0], int(t[1])
+        self.correct = {c: int(v) for c, v in zip(self.cols, t[2 : 2 + k], strict=True)}
+        self.count = {c: int(v) for c, v in zip(self.cols, t[2 + k :], strict=True)}
+
     def mean_loss(self) -> float:
         return self.loss / self.n if self.n else math.nan
 
@@ -124,10 +153,9 @@ def evaluate(
     model.to(device)
     amp = device.type == "cuda" if amp is None else amp
     cols = model.label_columns
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )  # fmt: skip
+    loader = make_loader(
+        dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     was_training = model.training
     model.eval()
     tally = _Tally(cols)
@@ -141,7 +169,7 @@ def evaluate(
     return {"loss": tally.mean_loss(), **{f"acc_{c}": tally.acc(c) for c in cols}}
 
 
-def classifier(
+def train(
     train: FaceDataset | pd.DataFrame | str | os.PathLike | Any,
     val: FaceDataset | pd.DataFrame | str | os.PathLike | Any | None = None,
     label_columns: Sequence[str] | str | None = None,
@@ -150,7 +178,7 @@ def classifier(
     batch_size: int = 64,
     lr: float = 1e-3,
     checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = True,
+    resume: bool | str | os.PathLike = True,
     device: str | torch.device | None = None,
     amp: bool | None = None,
     num_workers: int = 0,
@@ -159,22 +187,32 @@ def classifier(
     weight_decay: float = 1e-4,
     dropout: float = 0.0,
     seed: int = 0,
+    *,
+    keep_checkpoints: int | None = None,
+    world_size: int = 1,
+    dist_backend: str | None = None,
 ) -> tuple[MultiHeadClassifier, pd.DataFrame]:
     """Train a classifier with one head per label column; returns ``(model, metrics)``.
 
-    ``train`` / ``val`` are :class:`~faceetl.data.FaceDataset` s or anything one is made from
+    ``train`` / ``val`` are :class:`~faceetl.datasets.FaceDataset` s or anything one is made from
     (a face table, a parquet path); ``val`` is re-encoded with the training vocabularies. The loss
     is the sum of the heads' cross-entropies (missing labels ignored), optimised with AdamW.
     With ``checkpoint_dir`` a checkpoint (model, optimiser, scaler, epoch, vocabularies, metrics)
-    is written after every epoch (``epoch_001.pt`` ... and ``last.pt``); with ``resume`` a run
-    finding ``last.pt`` there continues from it up to ``epochs`` (total, not additional).
-    Mixed precision (float16 autocast + GradScaler) is on by default on CUDA. ``metrics`` has one
-    row per epoch: ``epoch, train_loss, train_acc_<col>..., val_loss, val_acc_<col>..., seconds``.
+    is written after every epoch (``epoch_001.pt`` ... (the last ``keep_checkpoints`` of them)
+    and ``last.pt``); with ``resume`` a run finding ``last.pt`` there continues from it up to
+    ``epochs`` (total, not additional; a path resumes from that checkpoint file or folder).
+    Mixed precision (float16 autocast + GradScaler) is on by default on CUDA. ``world_size > 1``
+    spawns that many processes (one GPU each on CUDA, else CPU with gloo) training with DDP;
+    ``batch_size`` is then the total over them. Run under ``torchrun`` (or with a process group
+    already initialised) each process trains its share. ``metrics`` has one
+    row per epoch: ``epoch, train_loss, train_acc_<col>..., val_loss, val_acc_<col>..., images``
+    (trained on, over all processes), ``lr, seconds``.
     """
-    if isinstance(label_columns, str):
-        label_columns = [label_columns]
-    train_ds = _as_dataset(train, label_columns)
-    cols = list(label_columns or train_ds.label_columns)
+    dataset_cols = label_columns
+    if isinstance(dataset_cols, str):
+        dataset_cols = [dataset_cols]
+    train_ds = _as_dataset(train, dataset_cols)
+    cols = list(dataset_cols or train_ds.label_columns)
     if not cols:
         raise ValueError("no label columns: pass label_columns=[...]")
     train_ds = _restrict(train_ds, cols)
@@ -187,101 +225,156 @@ def classifier(
     val_ds = None if val is None else _restrict(_as_dataset(val, cols, classes), cols)
     if len(train_ds) == 0:
         raise ValueError("the training set is empty (no rows with status ok and a crop?)")
+    cfg = _Config(
+        train=train_ds,
+        val=val_ds,
+        cols=cols,
+        classes=classes,
+        backbone=backbone,
+        epochs=int(epochs),
+        batch_size=int(batch_size),
+        lr=float(lr),
+        checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
+        resume=resume if isinstance(resume, bool) else os.fspath(resume),
+        device=None if device is None else str(device),
+        amp=amp,
+        num_workers=int(num_workers),
+        progress=bool(progress),
+        pretrained=os.fspath(pretrained_state_dict)
+        if isinstance(pretrained_state_dict, os.PathLike)
+        else pretrained_state_dict,
+        weight_decay=float(weight_decay),
+        dropout=float(dropout),
+        seed=int(seed),
+        keep=keep_checkpoints,
+    )
+    return launch(
+        functools.partial(_train_process, cfg), int(world_size), device=cfg.device,
+        backend=dist_backend,
+    )  # fmt: skip
 
-    dev = _default_device(device)
-    amp = dev.type == "cuda" if amp is None else bool(amp)
-    torch.manual_seed(seed)
-    model = MultiHeadClassifier(backbone, classes, dropout=dropout)
-    if pretrained_state_dict is not None:
-        model.load_backbone(pretrained_state_dict)
+
+@dataclass
+class _Config:
+    """Everything one training process needs (picklable for ``torch.multiprocessing``)."""
+
+    train: FaceDataset
+    val: FaceDataset | None
+    cols: list[str]
+    classes: dict[str, list[Any]]
+    backbone: str
+    epochs: int
+    batch_size: int
+    lr: float
+    checkpoint_dir: str | None
+    resume: bool | str
+    device: str | None
+    amp: bool | None
+    num_workers: int
+    progress: bool
+    pretrained: Mapping[str, torch.Tensor] | str | None
+    weight_decay: float
+    dropout: float
+    seed: int
+    keep: int | None
+
+
+def _train_process(
+    cfg: _Config, rank: int, world_size: int
+) -> tuple[MultiHeadClassifier, pd.DataFrame]:
+    """The training loop of one process (rank) of ``world_size``."""
+    dev = device_for(cfg.device, rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    amp = amp_setup(dev, cfg.amp)
+    main = rank == 0
+    cols, train_ds, val_ds = cfg.cols, cfg.train, cfg.val
+    torch.manual_seed(cfg.seed)
+    model = MultiHeadClassifier(cfg.backbone, cfg.classes, dropout=cfg.dropout)
+    if cfg.pretrained is not None:
+        model.load_backbone(cfg.pretrained)
     model.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp and dev.type == "cuda")
+    net = wrap_ddp(model, dev, world_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    ckpts = Checkpoints(cfg.checkpoint_dir, cfg.resume, keep=cfg.keep, main=main, logger=log)
     rows: list[dict[str, Any]] = []
     start = 0
-    ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if ckdir is not None:
-        ckdir.mkdir(parents=True, exist_ok=True)
-        if not resume and (ckdir / LAST).is_file():
-            log.warning("resume=False: checkpoints in %s will be overwritten", ckdir)
-        if resume and (ckdir / LAST).is_file():
-            ck = torch.load(ckdir / LAST, map_location=dev, weights_only=True)
-            _check_compatible(ck, backbone, classes, ckdir / LAST)
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if ck.get("scaler") and scaler.is_enabled():
-                scaler.load_state_dict(ck["scaler"])
-            start = int(ck["epoch"])
-            rows = [dict(r) for r in ck.get("metrics", [])]
-            log.info("resuming from %s at epoch %d of %d", ckdir / LAST, start + 1, epochs)
+    check = functools.partial(_check_compatible, cfg.backbone, cfg.classes)
+    ck = ckpts.load(dev, cfg.epochs, check)
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        amp.load_state_dict(ck.get("scaler"))
+        start = int(ck["epoch"])
+        rows = [dict(r) for r in ck.get("metrics", [])]
 
     config = plain(
         {
-            "backbone": backbone,
+            "backbone": cfg.backbone,
             "label_columns": cols,
-            "batch_size": batch_size,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "dropout": dropout,
-            "amp": amp,
-            "seed": seed,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "dropout": cfg.dropout,
+            "amp": amp.enabled,
+            "seed": cfg.seed,
             "train_size": len(train_ds),
             "val_size": 0 if val_ds is None else len(val_ds),
+            "world_size": world_size,
         }
     )
-    pin = dev.type == "cuda"
+    samples, per_rank = shard(len(train_ds), cfg.batch_size, world_size)
     # BatchNorm cannot train on a last batch of one sample
-    drop_last = len(train_ds) % batch_size == 1 and len(train_ds) > batch_size
-    for epoch in range(start, epochs):
+    drop_last = samples % per_rank == 1 and samples > per_rank
+    for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        loader = DataLoader(
-            train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-            pin_memory=pin, drop_last=drop_last,
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        loader = make_loader(
+            train_ds, per_rank, shuffle=True, seed=cfg.seed, epoch=epoch, rank=rank,
+            world_size=world_size, num_workers=cfg.num_workers, drop_last=drop_last,
+            pin_memory=dev.type == "cuda",
         )  # fmt: skip
         tally = _Tally(cols)
-        bar = progress_bar(loader, progress, f"epoch {epoch + 1}/{epochs}")
+        bar = progress_bar(loader, cfg.progress and main, f"epoch {epoch + 1}/{cfg.epochs}")
         for x, labels in bar:
             x = x.to(dev, non_blocking=True)
             y = _targets(labels, cols, dev)
-            with autocast(dev, amp):
-                out = model(x)
+            with amp.autocast():
+                out = net(x)
             loss = _loss(out, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            if not amp.step(loss, opt):
+                log.warning("non-finite loss in epoch %d: step skipped", epoch + 1)
             tally.add(loss, out, y)
-            if progress:
+            if cfg.progress and main:
                 bar.set_postfix(loss=f"{tally.mean_loss():.4f}")
+        tally.reduce(dev)
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tally.mean_loss()}
         row.update({f"train_acc_{c}": tally.acc(c) for c in cols})
-        if val_ds is not None and len(val_ds):
-            ev = evaluate(model, val_ds, batch_size, dev, amp, num_workers)
+        if val_ds is not None and len(val_ds) and main:
+            ev = evaluate(model, val_ds, cfg.batch_size, dev, amp.enabled, cfg.num_workers)
             row["val_loss"] = ev["loss"]
             row.update({f"val_acc_{c}": ev[f"acc_{c}"] for c in cols})
+        row["images"] = tally.n
         row["lr"] = opt.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
         rows.append(plain(row))
-        log.info("epoch %d/%d: %s", epoch + 1, epochs, row)
-        if ckdir is not None:
-            ck = {
-                "version": CHECKPOINT_VERSION,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "epoch": epoch + 1,
-                "backbone": backbone,
-                "label_columns": cols,
-                "classes": plain(classes),
-                "dropout": dropout,
-                "metrics": rows,
-                "config": config,
-            }
-            save(ck, ckdir / f"epoch_{epoch + 1:03d}.pt")
-            save(ck, ckdir / LAST)
+        if main:
+            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, row)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scaler": amp.state_dict(),
+            "epoch": epoch + 1,
+            "backbone": cfg.backbone,
+            "label_columns": cols,
+            "classes": plain(cfg.classes),
+            "dropout": cfg.dropout,
+            "metrics": rows,
+            "config": config,
+        }
+        ckpts.save(state, epoch + 1)
+        barrier()
     model.eval()
     return model, pd.DataFrame(rows)
 
@@ -297,7 +390,8 @@ def _restrict(ds: FaceDataset, cols: Sequence[str]) -> FaceDataset:
     return out
 
 
-def _check_compatible(ck: Mapping[str, Any], backbone: str, classes: Mapping, path: Path) -> None:
+def _check_compatible(backbone: str, classes: Mapping, ck: Mapping[str, Any], path: Path) -> None:
+    """A checkpoint of another backbone or other label vocabularies is not resumed."""
     if ck.get("backbone") != backbone:
         raise ValueError(f"{path} holds a {ck.get('backbone')!r} model, not {backbone!r}")
     saved = ck.get("classes", {})
@@ -316,7 +410,7 @@ def load_classifier(
 ) -> tuple[MultiHeadClassifier, dict[str, list[Any]]]:
     """``(model, classes)`` from a checkpoint file or a checkpoint folder (its ``last.pt``)."""
     path = checkpoint_file(checkpoint)
-    dev = _default_device(device)
+    dev = device_for(device)
     ck = torch.load(path, map_location=dev, weights_only=True)
     model = MultiHeadClassifier(ck["backbone"], ck["classes"], dropout=ck.get("dropout", 0.0))
     model.load_state_dict(ck["model"])
@@ -348,10 +442,7 @@ def predict(
     amp = dev.type == "cuda" if amp is None else amp
     was_training = model.training
     model.eval()
-    loader = DataLoader(
-        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=dev.type == "cuda",
-    )  # fmt: skip
+    loader = make_loader(ds, batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
     probs: dict[str, list[np.ndarray]] = {c: [] for c in model.label_columns}
     for x, _ in progress_bar(loader, progress, "predict"):
         with autocast(dev, amp):
@@ -372,6 +463,32 @@ def predict(
     return res
 
 
+def classifier(*args: Any, **kwargs: Any) -> tuple[MultiHeadClassifier, pd.DataFrame]:
+    """Deprecated: :func:`train` under its old name."""
+    warnings.warn(
+        "faceetl.train.classifier.classifier(...) is deprecated: use "
+        "faceetl.train.classifier.train(...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return train(*args, **kwargs)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as its deprecated function: ``faceetl.train.classifier(...)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[MultiHeadClassifier, pd.DataFrame]:
+        warnings.warn(
+            "calling faceetl.train.classifier(...) is deprecated: use "
+            "faceetl.train.classifier.train(...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
 __all__ = [
     "BACKBONES",
     "MultiHeadClassifier",
@@ -382,4 +499,5 @@ __all__ = [
     "load_classifier",
     "make_backbone",
     "predict",
+    "train",
 ]
