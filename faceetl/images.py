@@ -6,8 +6,12 @@ come out upright), PPM/PGM, and refuses decompression bombs and truncated files 
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
+import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -15,8 +19,43 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: refuse images with more pixels than this (a decompression-bomb guard); 0 disables it
-MAX_PIXELS = int(os.environ.get("FACEETL_MAX_PIXELS", 12_000 * 12_000))
+#: refuse images with more pixels than this (a decompression-bomb guard); 0 disables it.
+#: ``FACEETL_MAX_PIXELS`` (read at each call, so workers see their own environment) overrides it.
+MAX_PIXELS = 12_000 * 12_000
+# Pillow's own guard (Image.MAX_IMAGE_PIXELS) is switched off while a header is read, under this
+# lock, so that faceetl's limit decides both ways (above Pillow's default too, or none at all)
+_PIL_GUARD = threading.Lock()
+
+
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The pixel limit in force: ``max_pixels``, else $FACEETL_MAX_PIXELS, else MAX_PIXELS
+    (0: no limit)."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    env = os.environ.get("FACEETL_MAX_PIXELS", "").strip()
+    return int(env) if env else MAX_PIXELS
+
+
+def frame_path(path: str | bytes | os.PathLike) -> str:
+    """A path as the frame stores it: text, with the bytes of a name that is not valid UTF-8
+    (legal on Linux) written as ``\\xNN`` escapes; :func:`file_path` turns it back."""
+    s = os.fsdecode(path)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_ESCAPED = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+def file_path(path: str | os.PathLike) -> str:
+    """The file-system path of a frame's ``path`` (undoes :func:`frame_path`'s escapes)."""
+    s = os.fspath(path)
+    if "\\x" not in s or os.path.lexists(s):
+        return s
+    return _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), s)
 
 
 class ImageError(ValueError):
@@ -24,25 +63,42 @@ class ImageError(ValueError):
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
-    """Decode ``path`` to an upright RGB uint8 array (H, W, 3)."""
-    p = Path(path)
-    if not p.exists():
-        raise ImageError("file not found")
-    if p.is_dir():
+    """Decode ``path`` to an upright RGB uint8 array (H, W, 3).
+
+    Anything that is not a regular file (a FIFO, socket or device) is refused without being
+    opened, so it can never block the run.
+    """
+    p = file_path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ImageError("broken symlink" if os.path.islink(p) else "file not found") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError("symlink loop") from None
+        raise ImageError(f"cannot read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError("is a directory")
-    data = p.read_bytes()
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError("not a regular file")
+    data = Path(p).read_bytes()
     return decode_image(data, max_pixels=max_pixels)
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """Decode encoded image bytes to an upright RGB uint8 array (H, W, 3)."""
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    limit = max_pixels_limit(max_pixels)
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _PIL_GUARD:  # faceetl's limit below replaces Pillow's (see _PIL_GUARD)
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    im = Image.open(io.BytesIO(data))
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
             w, h = im.size
             if limit and w * h > limit:
                 raise ImageError(f"image too large ({w}x{h} > {limit} pixels)")

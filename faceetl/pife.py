@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import schema
-from .backends.base import backend_spec
+from .backends.base import REGISTRY, backend_spec
 from .pipeline.cluster import cluster, in_worker_process
-from .pipeline.extract import common_root, compute, extract_faces, read_images
+from .pipeline.extract import check_writable, common_root, compute, extract_faces, read_images
+from .pipeline.progress import summary
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,8 @@ class Pife:
     """Extract aligned face crops from many images with one backend, on a Dask cluster.
 
     ``concurrency`` is how many workers run the backend (default: the backend's entry in the
-    worker map: opencv 10, dlib 8, mediapipe 2, mtcnn 4, retinaface 2, ssd 4). An active
+    worker map: opencv 10, dlib 8, mediapipe 2, mtcnn 4, retinaface 2, ssd 4; on a CPU cluster
+    at most one per core unless given). An active
     ``distributed.Client`` is used as it is; otherwise a local cluster is started on first use
     and kept for the next calls (``close()`` or a ``with`` block ends it).
     """
@@ -37,11 +40,13 @@ class Pife:
         template: str = "arcface",
         padding: float = 0.25,
         batch_size: int = 16,
-        partition_size: int = 32,
+        partition_size: int | None = None,
         progress: bool = True,
         **backend_params: Any,
     ) -> None:
+        REGISTRY.check(backend, backend_params)  # an unknown backend or parameter fails here
         self.backend = backend
+        self._asked = concurrency  # None: the worker map's default, capped by cluster()
         self.concurrency = concurrency or backend_spec(backend).workers
         self.size, self.template, self.padding = size, template, padding
         self.batch_size, self.partition_size = batch_size, partition_size
@@ -61,10 +66,7 @@ class Pife:
     def close(self) -> None:
         """Shut down the cluster this object started (an outside client is left alone)."""
         if self._client is not None:
-            cl = self._client.cluster
-            self._client.close()
-            if cl is not None:
-                cl.close()
+            self._client.close()  # cluster()'s client shuts its cluster down with it
             self._client = None
 
     def _ensure_client(self) -> None:
@@ -76,7 +78,7 @@ class Pife:
         except ValueError:
             pass
         if self._client is None:
-            self._client = cluster(self.backend, self.concurrency)
+            self._client = cluster(self.backend, self._asked)
 
     def extract(self, paths: Any, output_dir: str | os.PathLike) -> pd.DataFrame:
         """Detect and align faces of ``paths``; write crops and ``faces.parquet`` to ``output_dir``.
@@ -89,7 +91,7 @@ class Pife:
         if in_worker_process():  # a guard-less script re-imported by a worker: do nothing there
             return schema.meta()
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out)  # an unwritable output stops the run here, naming the folder
         manifest = out / MANIFEST
         ddf = read_images(paths, partition_size=self.partition_size)
         todo = (
@@ -119,13 +121,14 @@ class Pife:
             crop_root=root,
             **self.backend_params,
         )
-        new = compute(faces, progress=self.progress).reset_index(drop=True)
+        start = time.perf_counter()
+        new = compute(faces, progress=self.progress, summarize=False).reset_index(drop=True)
+        seconds = time.perf_counter() - start
         result = new if old is None else pd.concat([old, new], ignore_index=True)
         result = result.drop_duplicates(subset=["path", "face"], keep="last").reset_index(drop=True)
         tmp = manifest.with_suffix(".parquet.tmp")
         result.to_parquet(tmp, index=False)
         os.replace(tmp, manifest)
         if self.progress:
-            n_ok = int((new["status"] == schema.STATUS_OK).sum())
-            print(f"faceetl: {n_ok} faces from {len(todo)} images -> {out} (manifest {manifest})")
+            print(f"faceetl: {summary(new, seconds)} -> {out} (manifest {manifest})")
         return result

@@ -2,13 +2,17 @@
 
 Entries register themselves when their module is imported; built-in entries are imported on first
 use by name, so listing or looking up one never imports the others' heavy libraries. Instances
-are built once per process and parameter set (models load once per worker).
+are built once per process and parameter set (models load once per worker) when the entry's
+class says ``thread_safe = True``; otherwise once per thread, because dlib's and OpenCV's objects (and many
+a user's plug-in) must not be shared by threads running at once (Dask's default scheduler, or a
+worker with several threads, runs partitions side by side).
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib
+import inspect
 import json
 import threading
 from typing import Any, Generic, Protocol, TypeVar
@@ -16,7 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 class Spec(Protocol):
     name: str
-    factory: Any
+    factory: Any  # a class; ``factory.thread_safe = True`` shares one instance between threads
 
 
 S = TypeVar("S", bound=Spec)
@@ -28,7 +32,10 @@ class Registry(Generic[S]):
     def __init__(self, kind: str, package: str, builtin: tuple[str, ...]) -> None:
         self.kind, self.package, self.builtin = kind, package, builtin
         self._specs: dict[str, S] = {}
-        self._loaded: dict[tuple[str, str], Any] = {}
+        self._shared: dict[tuple[str, str], Any] = {}  # thread-safe entries: one per process
+        self._local = threading.local()  # the others: one per thread (``.cache``, ``.generation``)
+        self._built: list[tuple[tuple[str, str], Any]] = []  # every instance, for loaded()/clear()
+        self._generation = 0  # bumped by clear(): other threads' caches are then stale
         self._lock = threading.RLock()
         atexit.register(self.clear)  # release native resources before modules are torn down
 
@@ -65,26 +72,73 @@ class Registry(Generic[S]):
             self.spec(name)
         return sorted(self._specs)
 
+    def check(self, name: str, params: dict[str, Any]) -> None:
+        """Fail where the call is written when ``params`` are not ``name``'s constructor's.
+
+        Checked against the signature (and deprecated names a backend still accepts), without
+        loading anything: a misspelt parameter is a TypeError listing the valid names, before
+        any cluster starts. Entries whose constructor takes ``**kwargs`` accept anything.
+        """
+        factory = self.spec(name).factory
+        try:
+            sig = inspect.signature(factory)
+        except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+            return
+        kinds = sig.parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in kinds):
+            return
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        valid = {p.name for p in kinds if p.kind in named}
+        valid |= set(getattr(getattr(factory, "__init__", None), "renamed", None) or ())
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            listed = ", ".join(sorted(valid)) or "none"
+            raise TypeError(
+                f"{self.kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {listed}"
+            )
+
     def get(self, name: str, **params: Any) -> Any:
-        """The instance for ``name`` and ``params``, built once per process."""
+        """The instance for ``name`` and ``params``: built once per process (thread-safe entries)
+        or once per thread (the others)."""
+        spec = self.spec(name)
         key = (name, json.dumps(params, sort_keys=True, default=str))
+        if getattr(spec.factory, "thread_safe", False):
+            with self._lock:
+                obj = self._shared.get(key)
+                if obj is None:
+                    obj = self._build(spec, key, params)
+                    self._shared[key] = obj
+            return obj
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            local.cache, local.generation = {}, self._generation
+        obj = local.cache.get(key)
+        if obj is None:
+            obj = self._build(spec, key, params)
+            local.cache[key] = obj
+        return obj
+
+    def _build(self, spec: S, key: tuple[str, str], params: dict[str, Any]) -> Any:
+        obj = spec.factory(**params)
         with self._lock:
-            obj = self._loaded.get(key)
-            if obj is None:
-                obj = self.spec(name).factory(**params)
-                self._loaded[key] = obj
+            self._built.append((key, obj))
         return obj
 
     def loaded(self) -> list[tuple[str, str]]:
-        """(name, parameters) of the instances built in this process."""
+        """(name, parameters) of the instances built in this process (one per thread where the
+        entry is not thread-safe)."""
         with self._lock:
-            return list(self._loaded)
+            return [key for key, _ in self._built]
 
     def clear(self) -> None:
         """Forget the instances built, closing those that hold native resources."""
         with self._lock:
-            objs = list(self._loaded.values())
-            self._loaded.clear()
+            objs = [obj for _, obj in self._built]
+            self._built.clear()
+            self._shared.clear()
+            self._generation += 1
+            self._local = threading.local()
         for obj in objs:
             close = getattr(obj, "close", None)
             if callable(close):

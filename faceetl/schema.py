@@ -41,8 +41,9 @@ STATUS_NO_FACE = "no_face"
 
 
 def error_status(reason: str) -> str:
-    """The status string of an image that failed: ``error: <reason>``."""
-    return f"error: {reason}"
+    """The status string of an image that failed: ``error: <reason>``, on one line (OpenCV's
+    messages span several)."""
+    return "error: " + " ".join(str(reason).split())
 
 
 def empty_row(path: str) -> dict[str, Any]:

@@ -242,7 +242,9 @@ def load_strict(
             if keys
         ]
         where = f" ({layout})" if layout else ""
-        raise WeightsError(f"{label} is not a {what} state dict{where}: {counts}; " + "; ".join(parts))
+        raise WeightsError(
+            f"{label} is not a {what} state dict{where}: {counts}; " + "; ".join(parts)
+        )
     model.load_state_dict(sd, strict=True, assign=assign)
     return model
 

@@ -95,6 +95,54 @@ def test_guardless_script_runs_once(photo_tree, tmp_path):
 
 
 @pytest.mark.slow
+def test_guardless_script_survives_killed_workers(tmp_path):
+    """Both workers are killed mid-run: the nannies restart them without running the script's
+    body again, and the run completes with a row for every path."""
+    photos = sorted((IMAGES / "group").glob("*.jpg")) + sorted(
+        (IMAGES / "dlib_pascal").glob("*.jpg")
+    )
+    paths = []
+    for k in range(4):  # distinct paths, enough work for the kill to land mid-run
+        d = tmp_path / "in" / f"copy{k}"
+        d.mkdir(parents=True)
+        for p in photos:
+            shutil.copy(p, d / p.name)
+            paths.append(str(d / p.name))
+    marker = tmp_path / "script_runs.txt"
+    script = tmp_path / "killed.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, signal, threading, time
+        import faceetl
+        from faceetl import Pife
+        with open({str(marker)!r}, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        client = faceetl.cluster(concurrency=2, dashboard_address=None, quiet=True)
+        pids = list(client.run(os.getpid).values())
+        done = []
+        def kill_when_started():
+            while not os.path.exists({str(tmp_path / "out")!r}):
+                time.sleep(0.05)
+            time.sleep(2.0)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            done.append(True)
+        threading.Thread(target=kill_when_started, daemon=True).start()
+        df = Pife("dlib", 2, progress=False, upsample=0).extract({paths!r}, {str(tmp_path / "out")!r})
+        print("KILLED", bool(done), "PATHS", df["path"].nunique(), flush=True)
+        print("NEW-PIDS", len(set(client.run(os.getpid).values()) - set(pids)), flush=True)
+        client.close()
+    """)
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"KILLED True PATHS {len(paths)}" in r.stdout, (r.stdout, r.stderr[-3000:])
+    assert "NEW-PIDS 2" in r.stdout
+    assert len(marker.read_text().split()) == 1  # the script body ran once, in this process
+
+
+@pytest.mark.slow
 def test_model_loads_once_per_worker(photo_tree, tmp_path):
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg")) * 1
     with Pife("dlib", 2, progress=False, partition_size=1) as pife:

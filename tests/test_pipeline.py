@@ -98,7 +98,13 @@ def test_glob_and_folder_inputs(tmp_path):
         shutil.copy(IMAGES / "single" / "fr_obama_small.jpg", tmp_path / sub / "x.jpg")
     (tmp_path / "notes.txt").write_text("x")
     assert len(read_images(str(tmp_path / "**" / "*.jpg")).compute()) == 2
-    assert len(read_images(tmp_path).compute()) == 2
+    # a folder gives every file (the decoder reports notes.txt); extensions= filters
+    assert sorted(read_images(tmp_path).compute()["path"].map(os.path.basename)) == [
+        "notes.txt",
+        "x.jpg",
+        "x.jpg",
+    ]
+    assert len(read_images(tmp_path, extensions=[".jpg"]).compute()) == 2
     with pytest.raises(FileNotFoundError):
         read_images(str(tmp_path / "*.png"))
 
@@ -160,3 +166,130 @@ def test_a_failing_image_costs_only_its_own_row():
         "Detections"
     ] * 2
     assert all(len(o) == 1 for i, o in enumerate(out) if i != 2)
+
+
+def test_a_folder_gives_every_entry_a_one_line_row(tmp_path):
+    """FIFOs, sockets, symlink loops, non-UTF-8 names and unlisted extensions all get a row;
+    nothing blocks or stops the run; every status is one line."""
+    import socket
+
+    face = (IMAGES / "single" / "fr_obama_small.jpg").read_bytes()
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    for name in ("a.jfif", "b.heic", "no_extension", "sub/c.JPG"):
+        (d / name).write_bytes(face)
+    (d / "notes.txt").write_text("not a photo\n")
+    os.mkfifo(d / "pipe.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "s.sock"))
+    os.symlink(d / "loop.jpg", d / "loop.jpg")
+    raw = os.fsencode(d) + b"/caf\xe9.jpg"
+    with open(raw, "wb") as f:
+        f.write(face)
+    os.symlink(d / "sub", d / "linked_folder")  # not descended into: no duplicate rows
+
+    try:
+        ddf = extract_faces(read_images(d, partition_size=3), backend="opencv", eyes=False)
+        df = ddf.compute(scheduler="threads")
+    finally:
+        sock.close()
+    status = df.groupby("path")["status"].first()
+    assert len(status) == 9 and set(df["path"]) == set(status.index)
+    by_name = {os.path.basename(p): s for p, s in status.items()}
+    for name in ("a.jfif", "b.heic", "no_extension", "c.JPG", "caf\\xe9.jpg"):
+        assert by_name[name] == "ok", name
+    assert by_name["pipe.jpg"] == by_name["s.sock"] == "error: not a regular file"
+    assert by_name["loop.jpg"] == "error: symlink loop"
+    assert by_name["notes.txt"].startswith("error: not an image")
+    assert not df["status"].str.contains("\n").any()
+
+    only = read_images(d, extensions=[".jpg", ".jfif"]).compute()
+    names = sorted(os.path.basename(p) for p in only["path"])
+    assert names == ["a.jfif", "c.JPG", "caf\\xe9.jpg", "loop.jpg", "pipe.jpg"]
+
+
+def test_wrong_arguments_fail_where_they_are_written(tmp_path):
+    from faceetl import Pife, predict
+    from faceetl.pipeline.extract import OutputError, extract_partition
+
+    photo = str(IMAGES / "single" / "fr_obama_small.jpg")
+    with pytest.raises(TypeError, match=r"backend 'dlib' has no parameter 'threshhold'.*upsample"):
+        extract_faces([photo], backend="dlib", threshhold=0.5)
+    with pytest.raises(ValueError, match=r"unknown backend 'haar'"):
+        Pife("haar", 2)
+    with pytest.raises(TypeError, match=r"has no parameter 'upsampel'"):
+        Pife("dlib", 2, upsampel=0)
+    faces = extract_faces([photo], backend="dlib")
+    with pytest.raises(TypeError, match=r"model 'embedding' has no parameter 'netwrok'.*network"):
+        predict(faces, model="embedding", netwrok="facenet")
+    with pytest.raises(ValueError, match=r"unknown model 'age'"):
+        predict(faces, model="age")
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the output folder should go")
+    with pytest.raises(OutputError, match=f"cannot write to the output folder {blocker}/crops"):
+        extract_faces([photo], backend="dlib", crop_dir=blocker / "crops")
+    with pytest.raises(OutputError, match=f"output folder {blocker}/out"):
+        Pife("dlib", 1, progress=False).extract([photo], blocker / "out")
+    # a crop that cannot be written on a worker stops the run (it is not an image's error row)
+    part = pd.DataFrame({"path": pd.Series([photo], dtype="string[pyarrow]")})
+    from faceetl.align import AlignSpec
+
+    with pytest.raises(OutputError, match="cannot write the crop"):
+        extract_partition(part, "dlib", {}, AlignSpec(), crop_dir=str(blocker / "crops"))
+
+
+def test_partitions_sized_from_inputs_and_workers():
+    from faceetl.pipeline.extract import auto_partition_size
+
+    assert auto_partition_size(7, slots=2) == 1  # every worker gets work on a small job
+    assert auto_partition_size(100, slots=2) == 13  # about four partitions per worker
+    assert auto_partition_size(1_000_000, slots=8) == 64  # capped: large jobs, few tasks
+    photos = [str(p) for p in sorted((IMAGES / "group").glob("*.jpg"))]
+    assert read_images(photos).npartitions >= min(len(photos), 2)
+    assert read_images(photos, partition_size=4).npartitions == 2
+
+
+@pytest.mark.slow
+def test_cluster_caps_workers_at_cores_and_closes_with_its_client():
+    import faceetl
+    from faceetl.pipeline.cluster import cpu_cores
+
+    client = faceetl.cluster(backend="opencv", dashboard_address=None, quiet=True)
+    lc = client.cluster
+    assert len(lc.workers) == min(10, cpu_cores())  # the worker map says 10
+    procs = [w.process.process for w in lc.workers.values()]
+    client.close()
+    assert lc.status.name == "closed"
+    assert all(not p.is_alive() for p in procs if p is not None)
+    with faceetl.cluster(concurrency=1, dashboard_address=None, quiet=True) as c2:
+        assert len(c2.cluster.workers) == 1
+        lc2 = c2.cluster
+    assert lc2.status.name == "closed"
+
+
+def test_progress_counts_images_and_ends_with_a_summary(tmp_path, capsys, monkeypatch):
+    import faceetl
+    from faceetl.pipeline import progress
+
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(tmp_path / "blank.jpg")
+    paths = [
+        str(IMAGES / "single" / "fr_obama_small.jpg"),
+        str(IMAGES / "group" / "fr_two_people.jpg"),
+        str(tmp_path / "blank.jpg"),
+        str(tmp_path / "missing.jpg"),
+    ]
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)  # a line per finished partition
+    faces = extract_faces(read_images(paths, partition_size=1), backend=BACKEND)
+    df = faceetl.compute(faces)
+    out, err = capsys.readouterr()
+    assert len(df) == 5
+    assert out.strip().splitlines()[-1] == (
+        f"faceetl: 4 images: 2 ok, 1 no_face, 1 error; 3 faces; "
+        f"{out.split('faces; ')[1].split(' img/s')[0]} img/s"
+    )
+    lines = err.strip().splitlines()  # not a terminal: plain lines, never a bare \r
+    assert "\r" not in err and len(lines) == 4
+    assert lines[-1].startswith("faceetl: 4/4 images, ") and "img/s, ETA 0:00" in lines[-1]
+    faceetl.compute(faces, progress=False)
+    assert capsys.readouterr() == ("", "")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -49,6 +51,24 @@ def _script_not_reimported() -> Iterator[None]:
         main.__file__ = saved
 
 
+@functools.cache
+def script_safe_nanny() -> type:
+    """distributed's Nanny, (re)starting its worker process with the script hidden.
+
+    A nanny restarts a worker that died (killed, out of memory, crashed) long after the cluster
+    started; spawned then with the script visible, the new process would run a guard-less
+    script's body again. Every (re)start goes through ``instantiate``, so it is wrapped.
+    """
+    from distributed import Nanny
+
+    class ScriptSafeNanny(Nanny):
+        async def instantiate(self) -> Any:
+            with _script_not_reimported():
+                return await super().instantiate()
+
+    return ScriptSafeNanny
+
+
 def _worker_environ() -> dict[str, Any]:
     """Dask's environment for new workers, without ``MALLOC_TRIM_THRESHOLD_``.
 
@@ -64,6 +84,30 @@ def _worker_environ() -> dict[str, Any]:
     return env
 
 
+def cpu_cores() -> int:
+    """Cores this process may use (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _owning_client(lc: Any) -> Any:
+    """A ``distributed.Client`` on ``lc`` whose ``close()`` (or ``with`` block) closes ``lc``."""
+    from distributed import Client
+
+    class OwningClient(Client):
+        """A Client that owns its local cluster: closing it shuts the workers down."""
+
+        def close(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().close(*args, **kwargs)
+            finally:
+                lc.close()
+
+    return OwningClient(lc)
+
+
 def cluster(
     backend: str | None = None,
     concurrency: int | None = None,
@@ -77,9 +121,11 @@ def cluster(
     On a machine with CUDA GPUs and dask-cuda, a ``LocalCUDACluster`` with one worker per GPU
     runs ``concurrency`` partitions at once per GPU (for backends that use a GPU). Otherwise a CPU
     ``LocalCluster`` with ``concurrency`` single-threaded worker processes. ``concurrency``
-    defaults to the backend's entry in the worker map. The dashboard link is printed.
+    defaults to the backend's entry in the worker map, on a CPU cluster at most one worker per
+    core (pass ``concurrency`` to ask for more). The dashboard link is printed. Closing the
+    returned client (or leaving its ``with`` block) shuts the cluster down.
     """
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
 
     spec = backend_spec(backend) if backend else None
     n = concurrency or (spec.workers if spec else None)
@@ -100,17 +146,23 @@ def cluster(
                     "pip install 'faceetl[gpu]', or pass gpu=False"
                 ) from e
             lc = LocalCUDACluster(
-                threads_per_worker=n or 1, dashboard_address=dashboard_address, **cluster_kwargs
+                threads_per_worker=n or 1,
+                dashboard_address=dashboard_address,
+                worker_class=script_safe_nanny(),
+                **cluster_kwargs,
             )
         else:
+            if concurrency is None:  # the worker map's default, never more processes than cores
+                n = min(n or cpu_cores(), cpu_cores())
             lc = LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
+                worker_class=script_safe_nanny(),
                 dashboard_address=dashboard_address,
                 **cluster_kwargs,
             )
-    client = Client(lc)
+    client = _owning_client(lc)
     if not quiet:
         kind = "GPU (dask-cuda)" if use_gpu else "CPU"
         print(

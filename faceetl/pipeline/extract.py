@@ -12,21 +12,23 @@ import glob as _glob
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
 from .. import schema
 from ..align import AlignSpec, estimate_transform, warp
-from ..backends.base import REGISTRY, Detections, backend_spec, get_backend
-from ..images import ImageError, encode_png, load_image
+from ..backends.base import REGISTRY, Detections, get_backend
+from ..images import ImageError, encode_png, frame_path, load_image
+from .cluster import cpu_cores
+from .progress import compute_frame, remember_images
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,28 @@ DEFAULT_PARTITION_SIZE = 64
 DEFAULT_BATCH_SIZE = 16
 
 
-def _expand_glob(pattern: str) -> list[str]:
-    p = os.path.expanduser(pattern)
+def _list_folder(folder: str, extensions: Sequence[str] | None) -> list[str]:
+    """Every entry below ``folder`` that is not a folder (files, FIFOs, broken links: the decoder
+    says what each is), optionally only those whose name ends in one of ``extensions``."""
+    exts = None if extensions is None else tuple(e.lower() for e in extensions)
+    found = []
+    for root, dirs, files in os.walk(folder):  # does not descend into symlinked folders
+        dirs.sort()
+        for name in sorted(files):
+            if exts is None or name.lower().endswith(exts):
+                found.append(os.path.join(root, name))
+    return found
+
+
+def _expand_glob(pattern: str | os.PathLike, extensions: Sequence[str] | None = None) -> list[str]:
+    p = os.path.expanduser(os.fspath(pattern))
     if os.path.isdir(p):
-        found = [
-            str(f)
-            for f in sorted(Path(p).rglob("*"))
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-        ]
+        found = _list_folder(p, extensions)
     elif _glob.has_magic(p):
         found = sorted(f for f in _glob.glob(p, recursive=True) if not os.path.isdir(f))
+        if extensions is not None:
+            exts = tuple(e.lower() for e in extensions)
+            found = [f for f in found if f.lower().endswith(exts)]
     else:
         found = [p]  # a single file: kept even if missing, so it gets its error row
     if not found:
@@ -54,16 +68,40 @@ def _expand_glob(pattern: str) -> list[str]:
     return found
 
 
+def _parallel_slots() -> int:
+    """Tasks that can run at once: the active distributed client's threads, else the cores
+    (Dask's threaded scheduler runs one task per core)."""
+    try:
+        from distributed import default_client
+
+        workers = default_client().scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    except (ImportError, ValueError):
+        return cpu_cores()
+
+
+def auto_partition_size(n_paths: int, slots: int | None = None) -> int:
+    """Paths per partition: about four partitions per parallel slot, so every worker gets work
+    and finishes close to the others, and at most DEFAULT_PARTITION_SIZE paths (large jobs)."""
+    slots = slots or _parallel_slots()
+    return int(min(DEFAULT_PARTITION_SIZE, max(1, math.ceil(n_paths / (4 * slots)))))
+
+
 def read_images(
     source: str | os.PathLike | Sequence[str | os.PathLike] | pd.DataFrame | dd.DataFrame,
-    partition_size: int = DEFAULT_PARTITION_SIZE,
+    partition_size: int | None = None,
     npartitions: int | None = None,
+    extensions: Sequence[str] | None = None,
 ) -> dd.DataFrame:
     """A Dask DataFrame with a ``path`` column from a glob, a folder, a list of paths, or a frame.
 
+    A folder gives every file below it (whatever its name: the decoder reports what is not an
+    image); ``extensions=(".jpg", ".png")`` keeps only names ending so (for a folder or a glob).
+    File names that are not valid UTF-8 are kept, escaped (:func:`faceetl.images.frame_path`).
     A pandas or Dask DataFrame must have a ``path`` column; its other columns (labels, ids) are
-    carried through extraction. ``partition_size`` paths go in each partition unless
-    ``npartitions`` is given.
+    carried through extraction. ``partition_size`` paths go in each partition (default:
+    :func:`auto_partition_size`, from the number of paths and of workers) unless ``npartitions``
+    is given.
     """
     if isinstance(source, dd.DataFrame):
         if "path" not in source.columns:
@@ -75,15 +113,16 @@ def read_images(
             raise ValueError("the DataFrame needs a 'path' column")
         df = source.reset_index(drop=True).copy()
     elif isinstance(source, (str, os.PathLike)):
-        df = pd.DataFrame({"path": _expand_glob(os.fspath(source))})
+        df = pd.DataFrame({"path": [frame_path(p) for p in _expand_glob(source, extensions)]})
     else:
-        df = pd.DataFrame({"path": [os.fspath(p) for p in source]})
+        df = pd.DataFrame({"path": [frame_path(p) for p in source]})
     if len(df) == 0:
         raise ValueError("no input paths")
     schema.check_carried(df.columns)
-    df["path"] = df["path"].map(os.fspath).astype(schema.STRING)
-    n = npartitions or max(1, -(-len(df) // max(1, partition_size)))
-    return dd.from_pandas(df, npartitions=min(n, len(df)), sort=False)
+    df["path"] = df["path"].map(frame_path).astype(schema.STRING)
+    size = partition_size or auto_partition_size(len(df))
+    n = npartitions or max(1, -(-len(df) // max(1, size)))
+    return remember_images(dd.from_pandas(df, npartitions=min(n, len(df)), sort=False), len(df))
 
 
 def crop_relpath(path: str, root: str | None, face: int) -> str:
@@ -113,6 +152,35 @@ def _safe_join(out_dir: str, rel: str) -> str:
     return full
 
 
+class OutputError(OSError):
+    """The output cannot be written: the run stops (it is not a property of one image)."""
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` if needed and prove a file can be written there, else OutputError."""
+    folder = os.fspath(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".faceetl-write-test-{os.getpid()}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write to the output folder {folder}: {e.strerror or e}") from e
+
+
+def _write_crop(crop_path: str, png: bytes) -> None:
+    """Write a crop atomically (temporary file, then rename); failure stops the run."""
+    try:
+        os.makedirs(os.path.dirname(crop_path), exist_ok=True)
+        tmp = crop_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(png)
+        os.replace(tmp, crop_path)
+    except OSError as e:
+        raise OutputError(f"cannot write the crop {crop_path}: {e.strerror or e}") from e
+
+
 def _face_rows(
     path: str,
     image: np.ndarray,
@@ -137,11 +205,7 @@ def _face_rows(
         crop_path = None
         if crop_dir is not None:
             crop_path = _safe_join(crop_dir, crop_relpath(path, crop_root, k))
-            os.makedirs(os.path.dirname(crop_path), exist_ok=True)
-            tmp = crop_path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(png)
-            os.replace(tmp, crop_path)
+            _write_crop(crop_path, png)
         rows.append(
             {
                 **base,
@@ -247,6 +311,8 @@ def extract_partition(
                 emit(
                     i, _face_rows(paths[i], image, det, base, spec, crop_dir, crop_root, keep_crops)
                 )
+            except OutputError:
+                raise
             except Exception as e:
                 status = schema.error_status(f"alignment failed ({type(e).__name__}: {e})")
                 emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
@@ -273,18 +339,21 @@ def extract_faces(
     """Lazy Dask DataFrame of detected, aligned faces (see :mod:`faceetl.schema` for columns).
 
     ``paths`` is anything :func:`read_images` takes. ``backend_params`` go to the backend's
-    constructor (e.g. ``threshold=0.6``). With ``crop_dir`` the crops are also written as PNG files
+    constructor (e.g. ``score_threshold=0.6``). With ``crop_dir`` the crops are also written as PNG files
     there, mirroring the inputs' layout below ``crop_root``; ``keep_crops=False`` leaves the
     ``crop`` bytes out of the frame.
     """
-    backend_spec(backend)  # unknown names fail here, not on the workers
+    REGISTRY.check(backend, backend_params)  # unknown names fail here, not on the workers
+    if crop_dir is not None:
+        check_writable(crop_dir)
     spec = AlignSpec(template, size, padding)
     ddf = (
         paths if isinstance(paths, dd.DataFrame) and "path" in paths.columns else read_images(paths)
     )
     carried = schema.check_carried(ddf.columns)
     meta = schema.meta(ddf._meta[carried])
-    return ddf.map_partitions(
+    count = getattr(ddf, "_faceetl_images", None)
+    out = ddf.map_partitions(
         extract_partition,
         backend,
         dict(backend_params),
@@ -298,34 +367,16 @@ def extract_faces(
         meta=meta,
         clear_divisions=True,
     )
+    return remember_images(out, count.n if count is not None else None)
 
 
-def compute(collection: Any, progress: bool = True) -> Any:
-    """Compute a Dask collection with a progress bar (distributed's when a client is active)."""
-    try:
-        from distributed import default_client
-        from distributed import progress as dprogress
+def compute(collection: Any, progress: bool = True, summarize: bool = True) -> Any:
+    """Compute a Dask collection (on the active distributed client, else the local scheduler).
 
-        client = default_client()
-    except (ImportError, ValueError):
-        client = None
-    if client is not None:
-        persisted = client.persist(collection)
-        if progress:
-            try:  # the widget needs ipywidgets; without it, the text bar
-                import ipywidgets  # noqa: F401
-
-                notebook = None
-            except ImportError:
-                notebook = False
-            dprogress(persisted, notebook=notebook)
-        return client.compute(persisted).result()
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            return dask.compute(collection)[0]
-    return dask.compute(collection)[0]
+    For a face frame, progress counts images (img/s, ETA) and a summary line ends the run:
+    images ok / no_face / error, faces, img/s (see :mod:`faceetl.pipeline.progress`).
+    """
+    return compute_frame(collection, progress=progress, summarize=summarize)
 
 
 def common_root(paths: Iterable[str]) -> str | None:

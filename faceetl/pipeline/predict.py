@@ -18,7 +18,7 @@ import pandas as pd
 from .. import schema
 from ..align import estimate_transform, warp
 from ..images import decode_png, load_image
-from ..predictors.base import REGISTRY, get_predictor, output_columns, predictor_spec
+from ..predictors.base import REGISTRY, get_predictor, output_columns
 
 
 def _crops_for(
@@ -86,7 +86,7 @@ def predict_partition(
 
 def predict(faces: dd.DataFrame | pd.DataFrame, model: str, batch_size: int = 32, **params: Any):
     """Add predictor ``model``'s columns to a face DataFrame (lazy for Dask, eager for pandas)."""
-    predictor_spec(model)
+    REGISTRY.check(model, params)  # unknown models and parameters fail here, not on workers
     if isinstance(faces, pd.DataFrame):
         return predict_partition(faces, model, params, batch_size)
     cols = output_columns(model, **params)

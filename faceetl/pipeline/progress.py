@@ -1,0 +1,184 @@
+"""Computing a face frame with progress counted in images (img/s, ETA) and a one-line summary.
+
+Dask's own bars count tasks (one per partition of up to 64 images) and say nothing at the end.
+Here each finished partition adds its images: a tqdm bar on a terminal or, in a notebook with
+ipywidgets, a widget; in a log file (no terminal) a plain line every ``LOG_EVERY`` seconds,
+never a bare carriage return.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import weakref
+from typing import Any
+
+import dask
+import pandas as pd
+
+from .. import schema
+
+LOG_EVERY = 10.0  # seconds between the plain progress lines written to a non-terminal
+
+# number of input images of the frames extract_faces made, by graph name (no data is kept)
+_IMAGES: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+class _Count:
+    """A weak-referenceable int: how many images a frame's partitions hold in all."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def remember_images(frame: Any, n_images: int | None) -> Any:
+    """Record how many images ``frame`` (a Dask collection) will process, for the progress total."""
+    if n_images is not None:
+        count = _Count(int(n_images))
+        frame._faceetl_images = count  # keeps the count alive as long as the frame
+        _IMAGES[frame._name] = count
+    return frame
+
+
+def images_of(frame: pd.DataFrame) -> int:
+    """Distinct input images in a piece of a face frame (rows with a ``path``)."""
+    return int(frame["path"].nunique()) if "path" in frame.columns else len(frame)
+
+
+class ImageProgress:
+    """Counts images as partitions finish: a bar on terminals and notebooks, lines in logs."""
+
+    def __init__(self, total: int | None, enabled: bool = True) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.start = self._last_line = time.perf_counter()
+        self._bar = None
+        if not enabled:
+            return
+        if _in_notebook() or sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="img", desc="faceetl", smoothing=0.1)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self._last_line >= LOG_EVERY:
+            self._last_line = now
+            print(f"faceetl: {self._status(now)}", file=sys.stderr, flush=True)
+
+    def _status(self, now: float) -> str:
+        rate = self.done / max(now - self.start, 1e-9)
+        if self.total:
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            return f"{self.done}/{self.total} images, {rate:.1f} img/s, ETA {_duration(eta)}"
+        return f"{self.done} images, {rate:.1f} img/s"
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or "IPKernelApp" not in getattr(shell, "config", {}):
+            return False
+        import ipywidgets  # noqa: F401 (tqdm's widget needs it; without it, no widget)
+
+        return True
+    except Exception:
+        return False
+
+
+def summary(frame: pd.DataFrame, seconds: float) -> str:
+    """``N images: a ok, b no_face, c error; F faces; R img/s`` of a computed face frame."""
+    if not {"path", "status"} <= set(frame.columns):
+        return f"{len(frame)} rows in {seconds:.1f} s"
+    status = frame["status"].astype(str)
+    ok = status == schema.STATUS_OK
+    per_image = frame.assign(_ok=ok, _err=status.str.startswith("error")).groupby("path")
+    images = per_image.ngroups
+    n_ok = int(per_image["_ok"].any().sum())
+    n_err = int((per_image["_err"].any() & ~per_image["_ok"].any()).sum())
+    rate = images / max(seconds, 1e-9)
+    return (
+        f"{images} images: {n_ok} ok, {images - n_ok - n_err} no_face, {n_err} error; "
+        f"{int(ok.sum())} faces; {rate:.1f} img/s"
+    )
+
+
+def compute_frame(
+    collection: Any, progress: bool = True, summarize: bool = True, **compute_kwargs: Any
+) -> Any:
+    """Compute ``collection``; for a face frame count images as partitions finish, then print
+    the summary line (both only when ``progress``; ``summarize=False``: the caller prints it)."""
+    import dask.dataframe as dd
+
+    if not isinstance(collection, dd.DataFrame):
+        return dask.compute(collection, **compute_kwargs)[0]
+    count = _IMAGES.get(collection._name)
+    bar = ImageProgress(count.n if count else None, enabled=progress)
+    parts = collection.to_delayed()
+    try:
+        client = _client()
+        if client is not None:
+            from distributed import as_completed
+
+            futures = client.compute(parts)
+            index = {f.key: i for i, f in enumerate(futures)}
+            results: list[Any] = [None] * len(futures)
+            for fut in as_completed(futures):
+                part = fut.result()
+                results[index[fut.key]] = part
+                bar.update(images_of(part))
+        else:
+            results = _compute_local(parts, bar, compute_kwargs)
+    finally:
+        bar.close()
+    frame = pd.concat(results) if results else collection._meta
+    if progress and summarize:
+        print(f"faceetl: {summary(frame, bar.elapsed)}", flush=True)
+    return frame
+
+
+def _client() -> Any:
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _compute_local(parts: list[Any], bar: ImageProgress, kwargs: dict[str, Any]) -> list[Any]:
+    """Compute the partitions with the local scheduler, counting each as it finishes."""
+    from dask.callbacks import Callback
+
+    keys = {p.key for p in parts}
+
+    class Count(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: ANN001 (Dask's hook)
+            if key in keys and isinstance(result, pd.DataFrame):
+                bar.update(images_of(result))
+
+    with Count():
+        return list(dask.compute(*parts, **kwargs))
