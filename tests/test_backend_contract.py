@@ -321,3 +321,23 @@ def test_a_new_backend_is_one_file(plugin: str, images: list[np.ndarray]) -> Non
     check_results(detector, images, found)
     check_provenance(plugin, detector)
     check_score_threshold(plugin, images, found)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_extreme_aspect_ratios_have_no_face(name: str) -> None:
+    """Valid but extreme images (10 x 100000 and the other way round, 1 px thin) give no face,
+    never an error: OpenCV's resize failed on them and MediaPipe aborted the whole process."""
+    rng = np.random.default_rng(0)
+    det = get_backend(name)
+    for shape in ((10, 100_000, 3), (100_000, 10, 3), (1, 5000, 3), (40_000, 64, 3)):
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        (found,) = det.detect_batch([img])
+        assert len(found) == 0, (name, shape)
+
+
+def test_extreme_aspect_ratio_is_a_no_face_row(tmp_path: Path) -> None:
+    path = tmp_path / "strip.png"
+    cv2.imwrite(str(path), np.full((10, 100_000, 3), 127, np.uint8))
+    for name in ("opencv", "mediapipe"):
+        df = faceetl.extract_faces([str(path)], backend=name).compute(scheduler="sync")
+        assert df["status"].tolist() == ["no_face"], name

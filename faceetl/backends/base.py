@@ -28,6 +28,9 @@ from ..registry import Registry
 from .params import canonical_params
 
 N_LANDMARKS = 5
+#: images whose shorter side is below this many pixels hold no detectable face (the smallest
+#: face any built-in backend finds is larger), so BaseDetector answers them without the model
+MIN_SIDE = 8
 
 
 @dataclass
@@ -116,7 +119,7 @@ class BaseDetector(ABC):
     """The shared steps of a backend, done once: subclasses implement only their detection.
 
     :meth:`detect_batch` checks every image (:func:`check_image`), answers an empty batch with
-    ``[]``, runs :meth:`_detect_batch` (by default :meth:`_detect_one` per image) and clips the
+    ``[]`` and images thinner than :data:`MIN_SIDE` with no face, runs :meth:`_detect_batch` (by default :meth:`_detect_one` per image) and clips the
     boxes to each image (:meth:`Detections.clip`). :meth:`provenance` gives ``backend``,
     ``weights`` (``self._weights``: file name -> sha256, set when the model loads) and
     ``device`` (:meth:`_device`), merged with the subclass's own :meth:`_parameters`.
@@ -133,10 +136,15 @@ class BaseDetector(ABC):
         checked = [check_image(im, i) for i, im in enumerate(images)]
         if not checked:
             return []
-        found = self._detect_batch(checked)
-        if len(found) != len(checked):
-            raise RuntimeError(f"{self.name} gave {len(found)} results for {len(checked)} images")
-        return [d.clip(im.shape[1], im.shape[0]) for d, im in zip(found, checked, strict=True)]
+        # no face fits in an image this thin: answered here, not sent to the model
+        search = [i for i, im in enumerate(checked) if min(im.shape[:2]) >= MIN_SIDE]
+        found = self._detect_batch([checked[i] for i in search]) if search else []
+        if len(found) != len(search):
+            raise RuntimeError(f"{self.name} gave {len(found)} results for {len(search)} images")
+        out = [Detections.empty() for _ in checked]
+        for i, det in zip(search, found, strict=True):
+            out[i] = det.clip(checked[i].shape[1], checked[i].shape[0])
+        return out
 
     def detect(self, image: np.ndarray) -> Detections:
         """The faces of one RGB uint8 image."""

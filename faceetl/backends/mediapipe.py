@@ -51,6 +51,9 @@ MODELS = {
     "full": "mediapipe_face_detection_full_range_sparse",
 }
 
+#: MediaPipe aborts the whole process (no exception: libc++abi terminates it) on an image with a
+#: side of 32767 px or more (its remap needs sides below SHRT_MAX); longer images are downscaled
+MAX_INPUT_SIDE = 32766
 #: input side of the short-range model, the one refinement runs
 REFINE_INPUT = 128
 #: a refined detection must overlap the face's expected box in the crop at least this much
@@ -241,6 +244,14 @@ class MediaPipeDetector(BaseDetector):
         return boxes, kp6, refined
 
     def _detect_one(self, image: np.ndarray) -> Detections:
+        h, w = image.shape[:2]
+        if max(h, w) > MAX_INPUT_SIDE:  # searched downscaled; boxes come back in input pixels
+            s = MAX_INPUT_SIDE / max(h, w)
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            det = self._detect_one(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+            f = np.array([w / size[0], h / size[1]], np.float32)
+            extra = {**det.extra, "keypoints6": det.extra["keypoints6"] * f}
+            return Detections(det.boxes * np.tile(f, 2), det.scores, det.landmarks * f, extra)
         img = np.ascontiguousarray(image)
         boxes, scores, kp6 = self._run(self._detector, img)
         refined = np.zeros(len(boxes), bool)

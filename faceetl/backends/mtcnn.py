@@ -35,7 +35,7 @@ from torch import nn
 from faceetl.backends.base import BaseDetector, Detections, register_backend
 from faceetl.backends.params import renamed
 from faceetl.nets.mtcnn import ONet, PNet, RNet, load_weights
-from faceetl.nets.nms import batched_nms
+from faceetl.nets.nms import batched_nms_chunked, nms_min_overlap
 from faceetl.weights import fetch, weights_info
 
 log = logging.getLogger(__name__)
@@ -69,38 +69,6 @@ def _crop_window(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     x1 = torch.minimum(b[:, 2], sizes[:, 1])
     y1 = torch.minimum(b[:, 3], sizes[:, 0])
     return torch.stack([y0, y1, x0, x1], dim=1)
-
-
-def _nms_min(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float
-) -> torch.Tensor:
-    """Greedy NMS per group with overlap = intersection / smaller area (+1 pixel areas)."""
-    if len(boxes) == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = torch.argsort(scores, descending=True, stable=True)
-    b = boxes[order].double()
-    g = groups[order]
-    area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    iw = (
-        torch.minimum(b[:, None, 2], b[None, :, 2])
-        - torch.maximum(b[:, None, 0], b[None, :, 0])
-        + 1
-    )
-    ih = (
-        torch.minimum(b[:, None, 3], b[None, :, 3])
-        - torch.maximum(b[:, None, 1], b[None, :, 1])
-        + 1
-    )
-    inter = iw.clamp(min=0) * ih.clamp(min=0)
-    over = (inter / torch.minimum(area[:, None], area[None, :]) > thr) & (g[:, None] == g[None, :])
-    over = over.cpu()
-    removed = torch.zeros(len(b), dtype=torch.bool)
-    keep = []
-    for i in range(len(b)):
-        if not removed[i]:
-            keep.append(i)
-            removed |= over[i]
-    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
 def _cells_to_boxes(
@@ -358,7 +326,7 @@ class MTCNNDetector(BaseDetector):
         )
         if len(boxes) == 0:
             return empty
-        keep = _nms(boxes[:, :4], boxes[:, 4], img, nms_img)
+        keep = batched_nms_chunked(boxes[:, :4], boxes[:, 4], img, nms_img)
         boxes, img = boxes[keep], img[keep]
         w = boxes[:, 2] - boxes[:, 0]
         h = boxes[:, 3] - boxes[:, 1]
@@ -376,7 +344,7 @@ class MTCNNDetector(BaseDetector):
         b, img, reg, prob = b[ok], img[ok], reg[ok], prob[ok]
         if len(b) == 0:
             return empty
-        keep = _nms(b, prob, img, nms_r)
+        keep = batched_nms_chunked(b, prob, img, nms_r)
         b, img, reg, prob = b[keep], img[keep], reg[keep], prob[keep]
         b = _square(_bbreg(b, reg))
 
@@ -397,7 +365,7 @@ class MTCNNDetector(BaseDetector):
         py = bh * pts[:, 5:] + b[:, 1:2] - 1
         points = torch.stack([px, py], dim=2)  # (N, 5, 2): eyes, nose, mouth corners
         b = _bbreg(b, reg)
-        keep = _nms_min(b, prob, img, nms_o)
+        keep = nms_min_overlap(b, prob, img, nms_o)
         return b[keep], prob[keep], points[keep], img[keep]
 
     def _detect_batched(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, ...]]:
@@ -436,7 +404,7 @@ class MTCNNDetector(BaseDetector):
         img = torch.cat(cand_img) if cand else torch.zeros(0, dtype=torch.long, device=dev)
         grp = torch.cat(cand_grp) if cand else torch.zeros(0, dtype=torch.long, device=dev)
         if len(boxes):
-            keep = _nms(boxes[:, :4], boxes[:, 4], grp, self.nms_thresholds[0])
+            keep = batched_nms_chunked(boxes[:, :4], boxes[:, 4], grp, self.nms_thresholds[0])
             boxes, img = boxes[keep], img[keep]
 
         integ = _Integrals(images, dev)
@@ -462,7 +430,7 @@ class MTCNNDetector(BaseDetector):
             out_hw = torch.tensor([[prob.shape[1], prob.shape[2]]], device=dev)
             bx, _ = _cells_to_boxes(reg, prob, scale, self.stage_thresholds[0], out_hw)
             zeros = torch.zeros(len(bx), dtype=torch.long, device=dev)
-            keep = _nms(bx[:, :4], bx[:, 4], zeros, self.nms_thresholds[0])
+            keep = batched_nms_chunked(bx[:, :4], bx[:, 4], zeros, self.nms_thresholds[0])
             cand.append(bx[keep])
         boxes = torch.cat(cand) if cand else torch.zeros(0, 9, device=dev)
         img = torch.zeros(len(boxes), dtype=torch.long, device=dev)
@@ -476,38 +444,6 @@ class MTCNNDetector(BaseDetector):
 
         b, s, p, bi = self._refine(boxes, img, sizes, crops)
         return _split(b, s, p, bi, 1)[0]
-
-
-def _nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    groups: torch.Tensor,
-    thr: float,
-    chunk: int = 2048,
-) -> torch.Tensor:
-    """:func:`faceetl.nets.nms.batched_nms`, called on packs of whole groups of at most ``chunk``
-    boxes (one group may be larger) so that a pairwise-matrix fallback stays small."""
-    if len(boxes) <= chunk:
-        return batched_nms(boxes, scores, groups, thr)
-    uniq, counts = torch.unique(groups, return_counts=True)
-    keep, pack, n = [], [], 0
-    for g, c in zip(uniq.tolist(), counts.tolist(), strict=True):
-        if pack and n + c > chunk:
-            keep.append(_nms_pack(boxes, scores, groups, thr, pack))
-            pack, n = [], 0
-        pack.append(g)
-        n += c
-    if pack:
-        keep.append(_nms_pack(boxes, scores, groups, thr, pack))
-    keep = torch.cat(keep)
-    return keep[torch.argsort(scores[keep], descending=True, stable=True)]
-
-
-def _nms_pack(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float, pack: list[int]
-) -> torch.Tensor:
-    idx = torch.isin(groups, torch.tensor(pack, device=groups.device)).nonzero()[:, 0]
-    return idx[batched_nms(boxes[idx], scores[idx], groups[idx], thr)]
 
 
 def _split(

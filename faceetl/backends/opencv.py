@@ -250,7 +250,10 @@ class OpenCVDetector(BaseDetector):
         scale = 1.0
         if self.max_side is not None and max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
-            small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            # explicit sizes of at least 1 px: an extreme aspect ratio (10 x 100000) would round
+            # the short side to 0 and make cv2.resize fail
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         rects, _levels, weights = self._face.detectMultiScale3(
             cv2.equalizeHist(small) if self.equalize else small,
             scaleFactor=self.scale_factor,

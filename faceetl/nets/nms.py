@@ -35,16 +35,21 @@ def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
     b = boxes[order].float()
-    over = (box_iou(b, b) > iou_threshold).cpu()
-    n = len(b)
-    removed = torch.zeros(n, dtype=torch.bool)
+    return order[_greedy(box_iou(b, b) > iou_threshold).to(boxes.device)]
+
+
+def _greedy(over: torch.Tensor) -> torch.Tensor:
+    """Indices kept by greedy suppression over boxes sorted by decreasing score: ``over[i, j]``
+    says box i suppresses box j. A loop over the kept boxes (no library offers this on the
+    pairwise matrix of an arbitrary overlap measure)."""
+    over = over.cpu()
+    removed = torch.zeros(len(over), dtype=torch.bool)
     keep = []
-    for i in range(n):
-        if removed[i]:
-            continue
-        keep.append(i)
-        removed |= over[i]
-    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
+    for i in range(len(over)):
+        if not removed[i]:
+            keep.append(i)
+            removed |= over[i]
+    return torch.tensor(keep, dtype=torch.long)
 
 
 def batched_nms(
@@ -62,3 +67,61 @@ def batched_nms(
     # offset boxes per group so that boxes of different groups never overlap (as torchvision does)
     offsets = groups.to(boxes) * (boxes.max() + 1)
     return nms_reference(boxes + offsets[:, None], scores, iou_threshold)
+
+
+def nms_min_overlap(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float
+) -> torch.Tensor:
+    """Greedy NMS per group with overlap = intersection / smaller area (+1 pixel areas): the
+    "Min" variant of MTCNN's last stage."""
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    b = boxes[order].double()
+    g = groups[order]
+    area = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    iw = (
+        torch.minimum(b[:, None, 2], b[None, :, 2])
+        - torch.maximum(b[:, None, 0], b[None, :, 0])
+        + 1
+    )
+    ih = (
+        torch.minimum(b[:, None, 3], b[None, :, 3])
+        - torch.maximum(b[:, None, 1], b[None, :, 1])
+        + 1
+    )
+    inter = iw.clamp(min=0) * ih.clamp(min=0)
+    over = (inter / torch.minimum(area[:, None], area[None, :]) > thr) & (g[:, None] == g[None, :])
+    return order[_greedy(over).to(boxes.device)]
+
+
+def batched_nms_chunked(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    thr: float,
+    chunk: int = 2048,
+) -> torch.Tensor:
+    """:func:`batched_nms`, called on packs of whole groups of at most ``chunk``
+    boxes (one group may be larger) so that a pairwise-matrix fallback stays small."""
+    if len(boxes) <= chunk:
+        return batched_nms(boxes, scores, groups, thr)
+    uniq, counts = torch.unique(groups, return_counts=True)
+    keep, pack, n = [], [], 0
+    for g, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+        if pack and n + c > chunk:
+            keep.append(_nms_pack(boxes, scores, groups, thr, pack))
+            pack, n = [], 0
+        pack.append(g)
+        n += c
+    if pack:
+        keep.append(_nms_pack(boxes, scores, groups, thr, pack))
+    keep = torch.cat(keep)
+    return keep[torch.argsort(scores[keep], descending=True, stable=True)]
+
+
+def _nms_pack(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float, pack: list[int]
+) -> torch.Tensor:
+    idx = torch.isin(groups, torch.tensor(pack, device=groups.device)).nonzero()[:, 0]
+    return idx[batched_nms(boxes[idx], scores[idx], groups[idx], thr)]
