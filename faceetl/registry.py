@@ -26,6 +26,23 @@ class Spec(Protocol):
 S = TypeVar("S", bound=Spec)
 
 
+class Plugin:
+    """A spec registered outside faceetl, sent to the workers with the task graph.
+
+    Its class pickles by value when it lives in a script or notebook (``__main__``), and such a
+    pickle is not deterministic, which Dask's graph tokenizer refuses; the token is therefore the
+    entry's name and the class's qualified name.
+    """
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    def __dask_tokenize__(self) -> tuple[str, ...]:
+        f = self.spec.factory
+        where = (getattr(f, "__module__", ""), getattr(f, "__qualname__", repr(f)))
+        return ("faceetl-plugin", type(self.spec).__name__, self.spec.name, *where)
+
+
 class Registry(Generic[S]):
     """Named specs (each with a ``factory``) and the instances loaded from them in this process."""
 
@@ -56,16 +73,16 @@ class Registry(Generic[S]):
             known = sorted(set(self._specs) | set(self.builtin))
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {known}") from None
 
-    def plugin(self, name: str) -> S | None:
+    def plugin(self, name: str) -> Plugin | None:
         """What to send to worker processes so they know ``name``: None for a built-in entry
         (they import it by name), else its spec (the class travels; the model loads there)."""
         spec = self.spec(name)
-        return None if name in self.builtin else spec
+        return None if name in self.builtin else Plugin(spec)
 
-    def ensure(self, spec: S | None) -> None:
-        """Register ``spec`` (from :meth:`plugin`) in this process if it is not known yet."""
-        if spec is not None and spec.name not in self._specs:
-            self.add(spec)
+    def ensure(self, plugin: Plugin | None) -> None:
+        """Register the spec of ``plugin`` (from :meth:`plugin`) here if it is not known yet."""
+        if plugin is not None and plugin.spec.name not in self._specs:
+            self.add(plugin.spec)
 
     def names(self) -> list[str]:
         for name in self.builtin:

@@ -142,6 +142,51 @@ def test_guardless_script_survives_killed_workers(tmp_path):
     assert len(marker.read_text().split()) == 1  # the script body ran once, in this process
 
 
+def test_backend_and_predictor_defined_in_a_script(tmp_path):
+    """Plug-ins defined in ``__main__`` (a script or a notebook) pickle by value, and Dask's
+    deterministic graph tokenizer refused the graph when that pickle was not deterministic or not
+    possible (a class using a module-level lock): extract_faces failed before any work."""
+    photo = str(IMAGES / "single" / "fr_obama_small.jpg")
+    script = tmp_path / "mine.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import threading
+        import numpy as np
+        import faceetl
+        from faceetl import Detections, register_backend, register_predictor
+
+        LOCK = threading.Lock()  # a global the class uses: it cannot be pickled at all
+
+        @register_backend("script_whole_image", workers=1)
+        class WholeImage:
+            def detect_batch(self, images):
+                with LOCK:
+                    return [Detections(np.array([[0, 0, im.shape[1], im.shape[0]]]), np.ones(1),
+                                       None) for im in images]
+            def provenance(self):
+                return {{"what": "the whole image"}}
+
+        @register_predictor("script_mean", gpu=False)
+        class Mean:
+            align = None
+            columns = {{"script_mean_value": "float64"}}
+            def predict_batch(self, crops):
+                return {{"script_mean_value": [float(c.mean()) for c in crops]}}
+            def provenance(self):
+                return {{}}
+
+        faces = faceetl.extract_faces([{photo!r}] * 3, backend="script_whole_image")
+        faces = faceetl.predict(faces, model="script_mean")
+        df = faces.compute(scheduler="threads")
+        print("ROWS", len(df), (df["status"] == "ok").sum(), df["script_mean_value"].notna().sum())
+    """)
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ROWS 3 3 3" in r.stdout
+
+
 @pytest.mark.slow
 def test_model_loads_once_per_worker(photo_tree, tmp_path):
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg")) * 1
