@@ -139,7 +139,7 @@ def compute_frame(
     bar = ImageProgress(count.n if count else None, enabled=progress)
     parts = collection.to_delayed()
     try:
-        client = _client()
+        client = _client(collection)
         if client is not None:
             from distributed import as_completed
 
@@ -160,13 +160,17 @@ def compute_frame(
     return frame
 
 
-def _client() -> Any:
-    try:
-        from distributed import default_client
+def _client(collection: Any) -> Any:
+    """The distributed client Dask itself would compute ``collection`` on, else None (a
+    ``scheduler=`` set in Dask's config wins over a default client, as in ``dask.compute``)."""
+    from dask.base import get_scheduler
 
-        return default_client()
-    except (ImportError, ValueError):
+    client = getattr(get_scheduler(collections=[collection]), "__self__", None)
+    try:
+        from distributed import Client
+    except ImportError:
         return None
+    return client if isinstance(client, Client) else None
 
 
 def _compute_local(parts: list[Any], bar: ImageProgress, kwargs: dict[str, Any]) -> list[Any]:
