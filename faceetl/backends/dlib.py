@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from faceetl.align import five_from_68, five_from_dlib5
-from faceetl.backends.base import BaseDetector, Detections, register_backend
-from faceetl.backends.params import renamed
-from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
-from faceetl.weights import (
+from ..align import five_from_68, five_from_dlib5
+from ..nets import external as _releases  # noqa: F401 (registers the model files)
+from ..weights import (
     cached_sha256,
     fetch,
     packaged_model,
     weights_info,
 )
+from .base import BaseDetector, Detections, register_backend
+from .params import renamed
 
 log = logging.getLogger(__name__)
 

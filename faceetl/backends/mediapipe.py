@@ -37,11 +37,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from faceetl.backends.base import BaseDetector, Detections, register_backend
-from faceetl.backends.params import renamed
-from faceetl.boxes import box_iou
-from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
-from faceetl.weights import fetch, weights_info
+from ..boxes import box_iou
+from ..nets import external as _releases  # noqa: F401 (registers the model files)
+from ..weights import fetch, weights_info
+from .base import BaseDetector, Detections, register_backend
+from .params import renamed
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceetl.backends.base import BaseDetector, Detections, register_backend
-from faceetl.backends.params import renamed
-from faceetl.nets.mtcnn import ONet, PNet, RNet, load_weights
-from faceetl.nets.nms import batched_nms_chunked, nms_min_overlap
-from faceetl.weights import fetch, weights_info
+from ..nets.mtcnn import ONet, PNet, RNet, load_weights
+from ..nets.nms import batched_nms_chunked, nms_min_overlap
+from ..weights import fetch, weights_info
+from .base import BaseDetector, Detections, register_backend
+from .params import renamed
 
 log = logging.getLogger(__name__)
 

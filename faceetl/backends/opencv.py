@@ -22,8 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from faceetl.backends.base import N_LANDMARKS, BaseDetector, Detections, register_backend
-from faceetl.backends.params import renamed
+from .base import N_LANDMARKS, BaseDetector, Detections, register_backend
+from .params import renamed
 
 log = logging.getLogger(__name__)
 

@@ -23,20 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceetl.backends.base import BaseDetector, Detections, register_backend
-from faceetl.backends.params import renamed
-from faceetl.boxes import box_iou
-from faceetl.nets.nms import batched_nms
-from faceetl.nets.retinaface import CONFIGS, MEAN_BGR, RetinaFace, load_weights, network_name
-from faceetl.nets.retinaface_priors import (
+from ..boxes import box_iou
+from ..nets.nms import batched_nms
+from ..nets.retinaface import CONFIGS, MEAN_BGR, RetinaFace, load_weights, network_name
+from ..nets.retinaface_priors import (
     MIN_SIZES,
     STEPS,
     decode_boxes,
     decode_landmarks,
     priors_for,
 )
-from faceetl.onnx_graph import DEFAULT_OPSET, cached_export, cached_session
-from faceetl.weights import resolve
+from ..onnx_graph import DEFAULT_OPSET, cached_export, cached_session
+from ..weights import resolve
+from .base import BaseDetector, Detections, register_backend
+from .params import renamed
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from faceetl.backends.base import BaseDetector, Detections, register_backend
-from faceetl.backends.opencv import EYE_CASCADE, cascade_sha256, find_eyes
-from faceetl.backends.params import renamed
-from faceetl.nets import external as _releases  # noqa: F401 (registers the model files)
-from faceetl.weights import fetch, weights_info
+from ..nets import external as _releases  # noqa: F401 (registers the model files)
+from ..weights import fetch, weights_info
+from .base import BaseDetector, Detections, register_backend
+from .opencv import EYE_CASCADE, cascade_sha256, find_eyes
+from .params import renamed
 
 log = logging.getLogger(__name__)
 

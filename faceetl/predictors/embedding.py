@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from faceetl.align import AlignSpec
-from faceetl.predictors.base import check_crops, default_device, register_predictor
-from faceetl.weights import cached_sha256, packaged_model, resolve
+from ..align import AlignSpec
+from ..weights import cached_sha256, packaged_model, resolve
+from .base import check_crops, default_device, register_predictor
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class EmbeddingPredictor:
         else:
             import torch
 
-            from faceetl.nets.inception_resnet_v1 import FACENET_WEIGHTS, load_facenet
+            from ..nets.inception_resnet_v1 import FACENET_WEIGHTS, load_facenet
 
             resolved = resolve(weights, FACENET_WEIGHTS, "FaceNet")
             path, self._weights = resolved.path, resolved.provenance()
