@@ -293,3 +293,7 @@ def test_progress_counts_images_and_ends_with_a_summary(tmp_path, capsys, monkey
     assert lines[-1].startswith("faceetl: 4/4 images, ") and "img/s, ETA 0:00" in lines[-1]
     faceetl.compute(faces, progress=False)
     assert capsys.readouterr() == ("", "")
+    faceetl.compute(faceetl.predict(faces, model="embedding"))  # the total follows the frame
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines()[-1].startswith("faceetl: 4/4 images, ")
+    assert "4 images: 2 ok, 1 no_face, 1 error; 3 faces" in out
