@@ -15,6 +15,8 @@ import importlib
 import inspect
 import json
 import threading
+import weakref
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 
@@ -24,6 +26,14 @@ class Spec(Protocol):
 
 
 S = TypeVar("S", bound=Spec)
+
+
+def _weak(obj: Any) -> Callable[[], Any]:
+    """A weak reference to ``obj``, or a strong one where it does not support weak references."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
 
 
 class Plugin:
@@ -51,7 +61,9 @@ class Registry(Generic[S]):
         self._specs: dict[str, S] = {}
         self._shared: dict[tuple[str, str], Any] = {}  # thread-safe entries: one per process
         self._local = threading.local()  # the others: one per thread (``.cache``, ``.generation``)
-        self._built: list[tuple[tuple[str, str], Any]] = []  # every instance, for loaded()/clear()
+        # every instance built, for loaded() and clear(); weakly held where possible, so that a
+        # thread's instances go with the thread (its threading.local holds the only strong ref)
+        self._built: list[tuple[tuple[str, str], Callable[[], Any]]] = []
         self._generation = 0  # bumped by clear(): other threads' caches are then stale
         self._lock = threading.RLock()
         atexit.register(self.clear)  # release native resources before modules are torn down
@@ -139,19 +151,20 @@ class Registry(Generic[S]):
     def _build(self, spec: S, key: tuple[str, str], params: dict[str, Any]) -> Any:
         obj = spec.factory(**params)
         with self._lock:
-            self._built.append((key, obj))
+            self._built.append((key, _weak(obj)))
         return obj
 
     def loaded(self) -> list[tuple[str, str]]:
         """(name, parameters) of the instances built in this process (one per thread where the
         entry is not thread-safe)."""
         with self._lock:
+            self._built = [(k, ref) for k, ref in self._built if ref() is not None]
             return [key for key, _ in self._built]
 
     def clear(self) -> None:
         """Forget the instances built, closing those that hold native resources."""
         with self._lock:
-            objs = [obj for _, obj in self._built]
+            objs = [obj for _, ref in self._built if (obj := ref()) is not None]
             self._built.clear()
             self._shared.clear()
             self._generation += 1

@@ -136,3 +136,21 @@ def test_instances_per_thread_unless_thread_safe() -> None:
     assert len({id(d) for d in got["dlib"]}) == 3
     assert len({id(d) for d in got["retinaface"]}) == 1
     assert get_backend("dlib") is get_backend("dlib")  # and once per thread, not per call
+
+
+def test_a_finished_threads_detector_is_released() -> None:
+    import gc
+    import threading
+    import weakref
+
+    from faceetl.backends.base import get_backend
+
+    refs = []
+    before = len(BACKENDS.loaded())
+    t = threading.Thread(target=lambda: refs.append(weakref.ref(get_backend("dlib", upsample=0))))
+    t.start()
+    t.join()
+    del t
+    gc.collect()
+    assert refs and refs[0]() is None  # nothing keeps a dead thread's model alive
+    assert len(BACKENDS.loaded()) <= before
