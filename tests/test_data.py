@@ -135,7 +135,10 @@ def test_dataloader_with_two_workers(faces):
     clone = pickle.loads(pickle.dumps(ds))
     assert torch.equal(clone[2][0], ds[2][0])
     seq = DataLoader(ds, batch_size=4, shuffle=False, num_workers=0)
-    par = DataLoader(ds, batch_size=4, shuffle=False, num_workers=2)
+    # spawned workers: a fork of the test process (threads of earlier tests) can deadlock
+    par = DataLoader(
+        ds, batch_size=4, shuffle=False, num_workers=2, multiprocessing_context="spawn"
+    )
     n = 0
     for (xa, la), (xb, lb) in zip(seq, par, strict=True):
         assert torch.equal(xa, xb)

@@ -135,17 +135,41 @@ def test_loader_order_is_drawn_from_seed_and_epoch() -> None:
     assert _order(again) == halves[0]
 
 
-def test_loader_workers_seed_numpy() -> None:
-    ds = _Draws()
+def test_loader_workers_seed_numpy(tmp_path: Path) -> None:
+    """Run in a fresh process: DataLoader workers are forked, and a fork of this test process
+    (many threads by now: Dask pools, OpenMP, OpenCV) can deadlock in the child."""
+    import subprocess
+    import sys
+    import textwrap
 
-    def draws(seed: int, epoch: int) -> list[float]:
-        loader = common.make_loader(ds, 3, seed=seed, epoch=epoch, num_workers=2)
-        return [float(v) for _, vals in loader for v in vals]
+    script = tmp_path / "draws.py"
+    script.write_text(
+        textwrap.dedent("""
+        import numpy as np
+        from torch.utils.data import Dataset
+        from faceetl.train import common
 
-    a = draws(0, 0)
-    assert draws(0, 0) == a  # reproducible
-    assert len(set(np.round(a, 12))) == 12  # the two workers do not repeat each other
-    assert draws(0, 1) != a and draws(1, 0) != a
+        class Draws(Dataset):
+            def __len__(self):
+                return 12
+
+            def __getitem__(self, i):
+                return i, float(np.random.random())
+
+        def draws(seed, epoch):
+            loader = common.make_loader(Draws(), 3, seed=seed, epoch=epoch, num_workers=2)
+            return [float(v) for _, vals in loader for v in vals]
+
+        if __name__ == "__main__":
+            a = draws(0, 0)
+            assert draws(0, 0) == a  # reproducible
+            assert len(set(np.round(a, 12))) == 12  # the two workers do not repeat each other
+            assert draws(0, 1) != a and draws(1, 0) != a
+            print("OK")
+        """)
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr[-3000:]
 
 
 def test_shard_devices_and_backends() -> None:
