@@ -20,7 +20,6 @@ import argparse
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -28,20 +27,13 @@ import dask
 import pandas as pd
 import torch
 
+# the same photos and backend settings as the throughput benchmark beside this file
+from cpu_backends import BACKENDS, SHARED  # the script's folder is on sys.path
+
 import faceetl
 from faceetl.align import AlignSpec
 from faceetl.backends.base import REGISTRY
 from faceetl.pipeline.extract import extract_partition
-
-SHARED = Path(os.environ.get("FACEETL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-BACKENDS = {
-    "opencv": {},
-    "dlib": {},
-    "mediapipe": {"model": "full"},
-    "mtcnn": {},
-    "retinaface": {},
-    "ssd": {},
-}
 
 
 @faceetl.register_backend("locked", workers=2)
