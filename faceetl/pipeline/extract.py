@@ -28,7 +28,7 @@ from ..align import AlignSpec, estimate_transform, warp
 from ..backends.base import REGISTRY, Detections, get_backend
 from ..images import ImageError, encode_png, frame_path, load_image
 from .cluster import cpu_cores
-from .progress import compute_frame, remember_images
+from .progress import compute_frame, images_planned, remember_images
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,6 @@ def extract_faces(
     )
     carried = schema.check_carried(ddf.columns)
     meta = schema.meta(ddf._meta[carried])
-    count = getattr(ddf, "_faceetl_images", None)
     out = ddf.map_partitions(
         extract_partition,
         backend,
@@ -367,7 +366,7 @@ def extract_faces(
         meta=meta,
         clear_divisions=True,
     )
-    return remember_images(out, count.n if count is not None else None)
+    return remember_images(out, images_planned(ddf))
 
 
 def compute(collection: Any, progress: bool = True, summarize: bool = True) -> Any:

@@ -19,7 +19,7 @@ from .. import schema
 from ..align import estimate_transform, warp
 from ..images import decode_png, load_image
 from ..predictors.base import REGISTRY, get_predictor, output_columns
-from .progress import remember_images
+from .progress import images_planned, remember_images
 
 
 def _crops_for(
@@ -102,5 +102,4 @@ def predict(faces: dd.DataFrame | pd.DataFrame, model: str, batch_size: int = 32
     out = faces.map_partitions(
         predict_partition, model, dict(params), batch_size, REGISTRY.plugin(model), meta=meta
     )
-    count = getattr(faces, "_faceetl_images", None)  # the progress total travels with the frame
-    return remember_images(out, count.n if count is not None else None)
+    return remember_images(out, images_planned(faces))

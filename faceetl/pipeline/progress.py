@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-import weakref
 from typing import Any
 
 import dask
@@ -20,24 +19,18 @@ from .. import schema
 
 LOG_EVERY = 10.0  # seconds between the plain progress lines written to a non-terminal
 
-# number of input images of the frames extract_faces made, by graph name (no data is kept)
-_IMAGES: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
-
-
-class _Count:
-    """A weak-referenceable int: how many images a frame's partitions hold in all."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
 
 def remember_images(frame: Any, n_images: int | None) -> Any:
-    """Record how many images ``frame`` (a Dask collection) will process, for the progress total."""
+    """Record on ``frame`` (a Dask collection) how many images it will process, the progress
+    total (:func:`images_planned` reads it back)."""
     if n_images is not None:
-        count = _Count(int(n_images))
-        frame._faceetl_images = count  # keeps the count alive as long as the frame
-        _IMAGES[frame._name] = count
+        frame._faceetl_images = int(n_images)
     return frame
+
+
+def images_planned(frame: Any) -> int | None:
+    """The number of images :func:`remember_images` recorded on ``frame``, else None."""
+    return getattr(frame, "_faceetl_images", None)
 
 
 def images_of(frame: pd.DataFrame) -> int:
@@ -135,8 +128,7 @@ def compute_frame(
 
     if not isinstance(collection, dd.DataFrame):
         return dask.compute(collection, **compute_kwargs)[0]
-    count = _IMAGES.get(collection._name)
-    bar = ImageProgress(count.n if count else None, enabled=progress)
+    bar = ImageProgress(images_planned(collection), enabled=progress)
     parts = collection.to_delayed()
     try:
         client = _client(collection)
