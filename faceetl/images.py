@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import storage
+
 #: refuse images with more pixels than this (a decompression-bomb guard); 0 disables it.
 #: ``FACEETL_MAX_PIXELS`` (read at each call, so workers see their own environment) overrides it.
 MAX_PIXELS = 12_000 * 12_000
@@ -28,12 +30,14 @@ _PIL_GUARD = threading.Lock()
 
 
 def max_pixels_limit(max_pixels: int | None = None) -> int:
-    """The pixel limit in force: ``max_pixels``, else $FACEETL_MAX_PIXELS, else MAX_PIXELS
-    (0: no limit)."""
+    """The pixel limit in force: ``max_pixels``, else the settings' (``faceetl.config``: applied
+    in this task, configured, or $FACEETL_MAX_PIXELS), else MAX_PIXELS (0: no limit)."""
     if max_pixels is not None:
         return int(max_pixels)
-    env = os.environ.get("FACEETL_MAX_PIXELS", "").strip()
-    return int(env) if env else MAX_PIXELS
+    from . import config
+
+    configured = config.current().max_pixels
+    return MAX_PIXELS if configured is None else configured
 
 
 def frame_path(path: str | bytes | os.PathLike) -> str:
@@ -62,13 +66,19 @@ class ImageError(ValueError):
     """An input that is not a usable image; its message becomes the row's status."""
 
 
-def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
-    """Decode ``path`` to an upright RGB uint8 array (H, W, 3).
+def load_image(
+    path: str | os.PathLike,
+    max_pixels: int | None = None,
+    storage_options: dict | None = None,
+) -> np.ndarray:
+    """Decode ``path`` (a local path or an fsspec URL) to an upright RGB uint8 array (H, W, 3).
 
-    Anything that is not a regular file (a FIFO, socket or device) is refused without being
+    Anything local that is not a regular file (a FIFO, socket or device) is refused without being
     opened, so it can never block the run.
     """
-    p = file_path(path)
+    if storage.is_url(path):
+        return decode_image(_read_url(os.fspath(path), storage_options), max_pixels=max_pixels)
+    p = file_path(storage.local_path(path))
     try:
         st = os.stat(p)
     except FileNotFoundError:
@@ -83,6 +93,17 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
         raise ImageError("not a regular file")
     data = Path(p).read_bytes()
     return decode_image(data, max_pixels=max_pixels)
+
+
+def _read_url(url: str, storage_options: dict | None) -> bytes:
+    try:
+        return storage.read_bytes(url, storage_options)
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except (OSError, ValueError) as e:  # permissions, network, a bucket that does not exist
+        raise ImageError(f"cannot read ({type(e).__name__}: {e})") from None
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:

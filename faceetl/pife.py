@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from . import schema
+from . import schema, storage
+from .align import AlignSpec
 from .backends.base import REGISTRY, backend_spec
 from .pipeline.cluster import cluster, in_worker_process
-from .pipeline.extract import check_writable, common_root, compute, extract_faces, read_images
-from .pipeline.progress import summary
+from .pipeline.extract import check_writable, common_root, compute, read_images
+from .pipeline.manifest import (
+    COUNTS,
+    MANIFEST,
+    ConcurrentRunError,
+    Lock,
+    Output,
+    SettingsError,
+    check_settings,
+    commit_partition,
+    committed_paths,
+    part_names,
+    read_part,
+    record_weights,
+    recover,
+    target_schema,
+)
+from .pipeline.progress import remember_images, summary
+from .schema import read_faces
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "faces.parquet"
+LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous", "single-threaded", "processes")
+
+__all__ = ["MANIFEST", "ConcurrentRunError", "Pife", "SettingsError"]
 
 
 class Pife:
@@ -27,8 +47,10 @@ class Pife:
     ``concurrency`` is how many workers run the backend (default: the backend's entry in the
     worker map: opencv 10, dlib 8, mediapipe 2, mtcnn 4, retinaface 2, ssd 4; on a CPU cluster
     at most one per core unless given). An active
-    ``distributed.Client`` is used as it is; otherwise a local cluster is started on first use
-    and kept for the next calls (``close()`` or a ``with`` block ends it).
+    ``distributed.Client`` is used as it is; a local scheduler named in Dask's config
+    (``dask.config.set(scheduler="threads")``) runs the work in this process; otherwise a local
+    cluster is started on first use and kept for the next calls (``close()`` or a ``with``
+    block ends it).
     """
 
     def __init__(
@@ -70,8 +92,11 @@ class Pife:
             self._client = None
 
     def _ensure_client(self) -> None:
+        import dask
         from distributed import default_client
 
+        if dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
+            return  # dask.config.set(scheduler="threads") asks for no cluster: honoured
         try:
             default_client()
             return
@@ -80,55 +105,102 @@ class Pife:
         if self._client is None:
             self._client = cluster(self.backend, self._asked)
 
-    def extract(self, paths: Any, output_dir: str | os.PathLike) -> pd.DataFrame:
-        """Detect and align faces of ``paths``; write crops and ``faces.parquet`` to ``output_dir``.
+    def settings(self) -> dict[str, Any]:
+        """What the output's rows depend on: stored with the dataset, compared on every run."""
+        return {
+            "backend": self.backend,
+            "backend_params": json.loads(json.dumps(self.backend_params, default=str)),
+            "template": self.template,
+            "size": self.size,
+            "padding": self.padding,
+            "crop_format": "png",
+        }
 
-        Crops go under ``output_dir`` mirroring the inputs' layout relative to their common folder.
-        Paths already in an earlier ``faces.parquet`` there are skipped (those that failed with an
-        ``error`` status are tried again); the returned pandas frame
-        (without crop bytes: see ``crop_path``) is the whole manifest, old rows and new.
+    def extract(
+        self,
+        paths: Any,
+        output_dir: str | os.PathLike,
+        *,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Any:
+        """Detect and align faces of ``paths``; write crops and ``faces.parquet/`` to ``output_dir``.
+
+        ``output_dir`` and the paths may be local or any fsspec URL (``s3://bucket/out``), with
+        ``storage_options`` for both. Crops go under ``output_dir`` mirroring the inputs' layout
+        relative to their common folder. The workers commit the dataset partition by partition
+        (see :mod:`faceetl.pipeline.manifest`): a run that stops loses only the partitions in
+        flight, and the next run skips every path already done (paths that failed with an
+        ``error`` status are tried again). A run with other settings than the output's raises
+        :class:`SettingsError`; a second run on the same output while one writes raises
+        :class:`ConcurrentRunError`. Files under ``output_dir`` are never taken as inputs.
+
+        Returns the whole dataset, old rows and new, as a lazy Dask frame (see
+        :func:`faceetl.read_faces`; ``crop_path`` locates each crop).
         """
         if in_worker_process():  # a guard-less script re-imported by a worker: do nothing there
             return schema.meta()
-        out = Path(output_dir)
-        check_writable(out)  # an unwritable output stops the run here, naming the folder
-        manifest = out / MANIFEST
-        ddf = read_images(paths, partition_size=self.partition_size)
-        todo = (
-            ddf.compute() if not isinstance(paths, pd.DataFrame) else paths.reset_index(drop=True)
-        )
-        todo = todo.assign(path=todo["path"].map(os.fspath))
-        root = common_root(todo["path"])
-        old = schema.read_faces(manifest) if manifest.exists() else None
-        if old is not None:  # done: paths with a result; paths that failed are tried again
-            failed = old["status"].str.startswith("error")
-            done = set(old.loc[~failed, "path"])
-            todo = todo[~todo["path"].isin(done)]
-            old = old[~old["path"].isin(set(todo["path"]))]
-        if len(todo) == 0:
-            log.info("nothing to do: every path is already in %s", manifest)
-            return old if old is not None else schema.meta()
+        out = Output(os.fspath(output_dir), storage_options)
+        check_writable(out.url, storage_options)  # an unwritable output stops the run here
+        todo = _inputs(paths, self.partition_size, storage_options)
+        inside = todo["path"].map(lambda p: storage.under(p, out.url))
+        if inside.any():
+            log.warning("%d files under the output folder %s are not inputs", inside.sum(), out.url)
+            todo = todo[~inside]
+        with Lock(out) as lock:
+            recovered = recover(out)
+            if recovered:
+                log.warning(
+                    "cleaned up %d partitions of a run that stopped in %s", recovered, out.url
+                )
+            record = check_settings(out, self.settings(), common_root(todo["path"]))
+            done = committed_paths(out, set(todo["path"]))
+            todo = todo[~todo["path"].isin(done)].reset_index(drop=True)
+            if len(todo):
+                self._run(todo, out, lock.run, record)
+            else:
+                log.info("nothing to do: every path is already in %s", out.dataset)
+        return read_faces(out.dataset, storage_options=storage_options, lazy=True)
+
+    def _run(self, todo: pd.DataFrame, out: Output, run: str, record: dict[str, Any]) -> None:
         self._ensure_client()
-        faces = extract_faces(
-            read_images(todo, partition_size=self.partition_size),
-            backend=self.backend,
-            size=self.size,
-            template=self.template,
-            padding=self.padding,
-            batch_size=self.batch_size,
-            keep_crops=False,
-            crop_dir=out,
-            crop_root=root,
-            **self.backend_params,
+        ddf = read_images(todo, partition_size=self.partition_size)
+        extract = {
+            "backend": self.backend,
+            "backend_params": dict(self.backend_params),
+            "spec": AlignSpec(self.template, self.size, self.padding),
+            "batch_size": self.batch_size,
+            "crop_root": record.get("crop_root"),
+            "keep_crops": False,
+            "plugin": REGISTRY.plugin(self.backend),
+        }
+        carried = schema.check_carried(todo.columns)
+        counts = ddf.map_partitions(
+            commit_partition,
+            out,
+            run,
+            extract,
+            target_schema(todo[carried]),
+            record.get("weights"),
+            meta=pd.DataFrame({c: pd.Series([], dtype="int64") for c in COUNTS}),
         )
+        counts = remember_images(counts, len(todo))
         start = time.perf_counter()
-        new = compute(faces, progress=self.progress, summarize=False).reset_index(drop=True)
+        done = compute(counts, progress=self.progress, summarize=False)
         seconds = time.perf_counter() - start
-        result = new if old is None else pd.concat([old, new], ignore_index=True)
-        result = result.drop_duplicates(subset=["path", "face"], keep="last").reset_index(drop=True)
-        tmp = manifest.with_suffix(".parquet.tmp")
-        result.to_parquet(tmp, index=False)
-        os.replace(tmp, manifest)
+        parts = part_names(out)
+        if parts:  # the weight files the rows were made with, from one row's provenance
+            prov = read_part(out, parts[-1], ["provenance"]).column(0)[0].as_py()
+            record_weights(out, record, json.loads(prov or "{}").get("backend", {}).get("weights"))
         if self.progress:
-            print(f"faceetl: {summary(new, seconds)} -> {out} (manifest {manifest})")
-        return result
+            print(f"faceetl: {summary(done, seconds)} -> {out.url} (dataset {out.dataset})")
+
+
+def _inputs(paths: Any, partition_size: int | None, storage_options: Any) -> pd.DataFrame:
+    """The input paths (and carried columns) as a pandas frame, listed on the driver."""
+    if isinstance(paths, pd.DataFrame):
+        todo = read_images(paths).compute() if "path" in paths.columns else None
+    else:
+        todo = read_images(paths, partition_size, storage_options=storage_options).compute()
+    if todo is None:
+        raise ValueError("the DataFrame needs a 'path' column")
+    return todo.reset_index(drop=True).assign(path=lambda d: d["path"].astype(str))

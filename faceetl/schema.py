@@ -117,13 +117,59 @@ def _arrow_types(t: pa.DataType) -> pd.ArrowDtype | None:
     return None
 
 
-def read_faces(path: str | Any, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a faces parquet file or folder (``faces.to_parquet`` or Pife's manifest) to pandas.
+#: a dataset larger than this on disk is read lazily (as a Dask frame) by ``read_faces``
+LAZY_BYTES = 256 * 2**20
 
-    Use this rather than ``pd.read_parquet``: pandas cannot parse the dtype names of list columns
-    (``landmarks``, ``affine``) that it wrote itself, so they are rebuilt from the Arrow types here.
+
+def read_faces(
+    path: str | Any,
+    columns: list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    lazy: bool | None = None,
+) -> Any:
+    """Read a faces parquet file or dataset folder (``faces.to_parquet`` or a run's
+    ``faces.parquet/``), local or any fsspec URL, with faceetl's column dtypes.
+
+    ``lazy=None`` gives a pandas frame, or a Dask frame (one partition per part file) when the
+    data on disk exceed ``LAZY_BYTES``; ``lazy=True``/``False`` chooses. Plain
+    ``pd.read_parquet`` / ``dd.read_parquet`` read the same files, with the list columns
+    (``landmarks``, ``affine``) as arrays of objects rather than Arrow lists.
     """
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=columns)
+    from . import storage
+
+    url = str(path)
+    fs, inner = storage.filesystem(url, storage_options)
+    fs.invalidate_cache(inner)
+    if fs.isdir(inner):
+        files = [
+            f
+            for f in fs.find(inner, detail=True).values()
+            if f["name"].endswith(".parquet")
+            and not any(
+                part.startswith(("_", ".")) for part in f["name"][len(inner) :].split("/") if part
+            )
+        ]
+    else:
+        files = [fs.info(inner)]
+    if lazy is None:
+        lazy = sum(int(f.get("size") or 0) for f in files) > LAZY_BYTES
+    if not files:  # an output with no part committed yet
+        empty = meta() if columns is None else meta()[columns]
+        if lazy:
+            import dask.dataframe as dd
+
+            return dd.from_pandas(empty, npartitions=1)
+        return empty
+    if lazy:
+        import dask.dataframe as dd
+
+        return dd.read_parquet(
+            url,
+            columns=columns,
+            storage_options=storage_options,
+            arrow_to_pandas={"types_mapper": _arrow_types},
+        )
+    table = pq.read_table(inner, columns=columns, filesystem=fs)
     return table.to_pandas(types_mapper=_arrow_types)

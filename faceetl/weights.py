@@ -7,8 +7,11 @@ do. :func:`resolve` turns "the release" or "this file" into a verified local pat
 and :func:`load_strict` loads a state dict into a module, naming every key that does not fit.
 
 A file already in the cache with the right hash is used without the network. A missing file is
-downloaded; offline, the error names the file, the URL and the folder to put it in. A file whose
-hash differs from the registry's is refused.
+copied from a mirror when one is set (``FACEETL_WEIGHTS_URL`` or
+``faceetl.config.configure(weights_url=...)``: a local folder or fsspec URL holding the files by
+name, so that workers on other machines fill their own cache), else downloaded; offline, the error
+names the file, the URL, the folder to put it in and the mirror option. A file whose hash differs
+from the registry's (cached, mirrored or downloaded) is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pooch
+
+from . import config, storage
 
 
 class WeightsError(RuntimeError):
@@ -99,7 +104,8 @@ def sha256sum(path: str | os.PathLike) -> str:
 
 
 def fetch(name: str, progressbar: bool = True) -> Path:
-    """Local path of weights ``name``: the verified cached file, else downloaded with pooch."""
+    """Local path of weights ``name``: the verified cached file, else copied from the mirror
+    (``config.current().weights_url``), else downloaded with pooch unless offline."""
     wf = weights_info(name)
     folder = home()
     path = folder / wf.filename
@@ -111,8 +117,16 @@ def fetch(name: str, progressbar: bool = True) -> Path:
                 f"Delete it or replace it with the file from {wf.url}"
             )
         return path
-    if os.environ.get("FACEETL_OFFLINE"):
-        raise WeightsError(_missing_message(wf, path, "FACEETL_OFFLINE is set"))
+    settings = config.current()
+    why = ""
+    if settings.weights_url:
+        if _copy_from_mirror(wf, path, settings):
+            return path
+        why = f"not in the mirror {_mirror_file(wf, settings.weights_url)}; "
+    if settings.offline:
+        raise WeightsError(
+            _missing_message(wf, path, why + "offline: FACEETL_OFFLINE or configure(offline=True)")
+        )
     folder.mkdir(parents=True, exist_ok=True)
     try:
         got = pooch.retrieve(
@@ -127,15 +141,47 @@ def fetch(name: str, progressbar: bool = True) -> Path:
             f"download of {wf.filename} from {wf.url} has the wrong hash: {e}"
         ) from e
     except Exception as e:  # network errors: requests/urllib raise many kinds
-        raise WeightsError(_missing_message(wf, path, f"download failed: {e}")) from e
+        raise WeightsError(_missing_message(wf, path, f"{why}download failed: {e}")) from e
     return Path(got)
+
+
+def _mirror_file(wf: WeightFile, mirror: str) -> str:
+    """Where ``wf`` lies in the mirror folder or URL ``mirror`` (by its file name)."""
+    if not storage.is_url(mirror):
+        mirror = os.path.expanduser(storage.local_path(mirror))
+    return storage.join(mirror, wf.filename)
+
+
+def _copy_from_mirror(wf: WeightFile, path: Path, settings: config.Settings) -> bool:
+    """Copy ``wf`` from the mirror to ``path``, verified before it is written (atomically):
+    True when copied, False when the mirror lacks the file."""
+    src = _mirror_file(wf, str(settings.weights_url))
+    try:
+        data = storage.read_bytes(src, settings.weights_storage_options)
+    except FileNotFoundError:
+        return False
+    except Exception as e:  # permissions, credentials, network: a broken mirror is not skipped
+        raise WeightsError(
+            f"cannot read weights {wf.name!r} from the mirror {src}: {type(e).__name__}: {e}"
+        ) from e
+    got = hashlib.sha256(data).hexdigest()
+    if got != wf.sha256:
+        raise WeightsError(
+            f"mirror file {src} has sha256 {got}, expected {wf.sha256} for {wf.name!r}: "
+            f"refusing it (nothing written to {path.parent}). Replace it in the mirror with "
+            f"the file from {wf.url}"
+        )
+    storage.write_atomic(str(path), data)
+    return True
 
 
 def _missing_message(wf: WeightFile, path: Path, why: str) -> str:
     return (
         f"weights {wf.name!r} ({wf.filename}) are not in {path.parent} and could not be "
         f"downloaded ({why}). Get {wf.url} (sha256 {wf.sha256}) and put it at {path}, "
-        f"or point FACEETL_HOME at a folder that holds it."
+        f"or point FACEETL_HOME at a folder that holds it, or set FACEETL_WEIGHTS_URL "
+        f"(faceetl.config.configure(weights_url=...)) to a mirror folder or URL holding "
+        f"{wf.filename}."
     )
 
 

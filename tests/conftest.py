@@ -62,3 +62,55 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3 endpoint on localhost: moto's standalone server in its own process, reached
+    over HTTP through s3fs (as s3fs's own suite tests itself)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("s3fs")
+    server = Path(sys.executable).with_name("moto_server")
+    if not server.exists():
+        pytest.skip("moto[server] is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start on {url}") from None
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture()
+def s3(s3_endpoint: str, request: pytest.FixtureRequest) -> dict:
+    """A fresh bucket on the moto endpoint: ``{"bucket": "s3://name", "storage_options": ...}``."""
+    import uuid
+
+    import s3fs
+
+    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    name = f"faceetl-{uuid.uuid4().hex[:10]}"
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir(name)
+    return {"bucket": f"s3://{name}", "storage_options": options, "fs": fs, "endpoint": s3_endpoint}

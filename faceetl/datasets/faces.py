@@ -8,6 +8,11 @@
 Crops are kept as one contiguous byte buffer (plus offsets) and decoded lazily in
 ``__getitem__``, so the dataset pickles cheaply to DataLoader workers and holds no file handles
 nor millions of Python objects (which copy-on-write would duplicate in every worker).
+
+The table, and the crop files its ``crop_path`` names, may be local or at fsspec URLs
+(``s3://``, ``gs://``, ``memory://``, ...): ``FaceDataset("s3://bucket/faces.parquet",
+storage_options={...})``. Only the ``storage_options`` dict is kept (it pickles to workers;
+fsspec makes, and caches, the filesystem in each process).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .. import schema
+from .. import schema, storage
 from ..images import decode_png
 from .table import IGNORE_INDEX, _is_missing, as_pandas, encode_labels
 
@@ -35,6 +40,8 @@ class FaceDataset(Dataset):
     of label values per column in ``label_columns`` (class indices for string columns, encoded
     with the vocabulary in ``classes[col]``; numeric columns as they are). Pass ``classes`` (e.g.
     ``train.classes``) so a validation set uses the training vocabulary.
+
+    ``source`` and the ``crop_path`` files may be fsspec URLs, read with ``storage_options``.
     """
 
     def __init__(
@@ -45,10 +52,14 @@ class FaceDataset(Dataset):
         status: str | None = schema.STATUS_OK,
         classes: Mapping[str, Sequence[Any] | None] | None = None,
         transform_input: str = "pil",
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if transform_input not in ("pil", "numpy"):
             raise ValueError("transform_input must be 'pil' or 'numpy'")
-        df = as_pandas(source)
+        self.storage_options: dict[str, Any] | None = (
+            None if storage_options is None else dict(storage_options)
+        )
+        df = as_pandas(source, storage_options=self.storage_options)
         if isinstance(label_columns, str):
             label_columns = [label_columns]
         self.label_columns: list[str] = list(label_columns or [])
@@ -116,15 +127,15 @@ class FaceDataset(Dataset):
         return self._labels[column].copy()
 
     def crop_bytes(self, index: int) -> bytes:
-        """The encoded (PNG) crop of row ``index``, from the table or from its ``crop_path``."""
+        """The encoded (PNG) crop of row ``index``, from the table or from its ``crop_path``
+        (a local path or a URL, read with the dataset's ``storage_options``)."""
         a, b = self._offsets[index], self._offsets[index + 1]
         if b > a:
             return self._buffer[a:b].tobytes()
         path = str(self._paths[index])
         if not path:
             raise ValueError(f"row {index} has no crop")
-        with open(path, "rb") as f:
-            return f.read()
+        return storage.read_bytes(path, self.storage_options)
 
     def image(self, index: int) -> np.ndarray:
         """The crop of row ``index`` as an RGB uint8 array (H, W, 3)."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import schema
+from .. import schema, storage
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,18 @@ def _to_python(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def as_pandas(source: Any) -> pd.DataFrame:
-    """A face table as pandas: a parquet path is read, a Dask DataFrame computed."""
+def as_pandas(source: Any, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A face table as pandas: a parquet path is read, a Dask DataFrame computed.
+
+    The parquet file or folder may be an fsspec URL, read with ``storage_options``.
+    """
     if isinstance(source, pd.DataFrame):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return schema.read_faces(os.fspath(source))
+        path = os.fspath(source)
+        if storage.is_url(path):
+            return _read_faces_url(path, storage_options)
+        return schema.read_faces(path)
     try:
         import dask.dataframe as dd
 
@@ -56,6 +62,15 @@ def as_pandas(source: Any) -> pd.DataFrame:
     raise TypeError(
         f"expected a parquet path, a pandas or a Dask DataFrame, got {type(source).__name__}"
     )
+
+
+def _read_faces_url(url: str, storage_options: dict[str, Any] | None) -> pd.DataFrame:
+    """:func:`faceetl.schema.read_faces` of a parquet file or folder at an fsspec URL."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(url, storage_options)
+    table = pq.read_table(path, filesystem=fs)
+    return table.to_pandas(types_mapper=schema._arrow_types)
 
 
 def encode_labels(

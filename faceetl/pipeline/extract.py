@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from .. import schema
+from .. import schema, storage
 from ..align import AlignSpec, estimate_transform, warp
 from ..backends.base import REGISTRY, Detections, get_backend
 from ..images import ImageError, encode_png, frame_path, load_image
@@ -52,8 +53,17 @@ def _list_folder(folder: str, extensions: Sequence[str] | None) -> list[str]:
     return found
 
 
-def _expand_glob(pattern: str | os.PathLike, extensions: Sequence[str] | None = None) -> list[str]:
-    p = os.path.expanduser(os.fspath(pattern))
+def _expand_glob(
+    pattern: str | os.PathLike,
+    extensions: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> list[str]:
+    if storage.is_url(pattern):  # listed through the URL's filesystem, never the local disk
+        found = storage.list_files(os.fspath(pattern), extensions, storage_options)
+        if not found:
+            raise FileNotFoundError(f"no files match {pattern!r}")
+        return found
+    p = os.path.expanduser(storage.local_path(pattern))
     if os.path.isdir(p):
         found = _list_folder(p, extensions)
     elif _glob.has_magic(p):
@@ -92,8 +102,12 @@ def read_images(
     partition_size: int | None = None,
     npartitions: int | None = None,
     extensions: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dd.DataFrame:
     """A Dask DataFrame with a ``path`` column from a glob, a folder, a list of paths, or a frame.
+
+    Paths may be local or any fsspec URL (``s3://bucket/photos/**/*.jpg``); a URL's folder or
+    glob is listed through its filesystem, with ``storage_options`` (as in ``dd.read_parquet``).
 
     A folder gives every file below it (whatever its name: the decoder reports what is not an
     image); ``extensions=(".jpg", ".png")`` keeps only names ending so (for a folder or a glob).
@@ -113,7 +127,8 @@ def read_images(
             raise ValueError("the DataFrame needs a 'path' column")
         df = source.reset_index(drop=True).copy()
     elif isinstance(source, (str, os.PathLike)):
-        df = pd.DataFrame({"path": [frame_path(p) for p in _expand_glob(source, extensions)]})
+        found = _expand_glob(source, extensions, storage_options)
+        df = pd.DataFrame({"path": [frame_path(p) for p in found]})
     else:
         df = pd.DataFrame({"path": [frame_path(p) for p in source]})
     if len(df) == 0:
@@ -129,8 +144,20 @@ def crop_relpath(path: str, root: str | None, face: int) -> str:
     """Where a face crop goes, relative to the output folder: the input's relative layout.
 
     ``photos/a/b.jpg`` under root ``photos`` gives ``a/b.jpg.face0.png``. A path outside ``root``
-    (or with no root) is placed by its absolute path's parts, never with ``..``.
+    (or with no root) is placed by its absolute path's parts, never with ``..``. A URL
+    (``s3://bucket/photos/a/b.jpg``) is placed the same way by its bucket and key.
     """
+    if storage.is_url(path):
+        key = storage.strip(path).lstrip("/")
+        rel = None
+        if root and storage.protocol(root) == storage.protocol(path):
+            r = storage.strip(root).strip("/")
+            if key.startswith(r + "/"):
+                rel = key[len(r) + 1 :]
+        parts = [p for p in (rel or key).split("/") if p not in ("", ".", "..")]
+        if not parts:
+            return f"face{face}.png"
+        return posixpath.join(*parts[:-1], f"{parts[-1]}.face{face}.png")
     ap = os.path.abspath(path)
     rel = None
     if root:
@@ -145,7 +172,9 @@ def crop_relpath(path: str, root: str | None, face: int) -> str:
 
 
 def _safe_join(out_dir: str, rel: str) -> str:
-    out = os.path.abspath(out_dir)
+    if storage.is_url(out_dir):  # crop_relpath never yields '..' parts
+        return storage.join(out_dir, rel)
+    out = os.path.abspath(storage.local_path(out_dir))
     full = os.path.abspath(os.path.join(out, rel))
     if os.path.commonpath([out, full]) != out:  # cannot happen after crop_relpath, kept as a guard
         full = os.path.join(out, "_other", hashlib.sha1(rel.encode()).hexdigest() + ".png")
@@ -156,9 +185,22 @@ class OutputError(OSError):
     """The output cannot be written: the run stops (it is not a property of one image)."""
 
 
-def check_writable(folder: str | os.PathLike) -> None:
+def check_writable(
+    folder: str | os.PathLike, storage_options: dict[str, Any] | None = None
+) -> None:
     """Create ``folder`` if needed and prove a file can be written there, else OutputError."""
     folder = os.fspath(folder)
+    if storage.is_url(folder):
+        probe = storage.join(folder, f".faceetl-write-test-{os.getpid()}")
+        try:
+            storage.write_atomic(probe, b"", storage_options)
+            storage.remove([probe], storage_options)
+        except Exception as e:  # fsspec back ends raise their own kinds
+            raise OutputError(
+                f"cannot write to the output {folder}: {type(e).__name__}: {e}"
+            ) from e
+        return
+    folder = storage.local_path(folder)
     try:
         os.makedirs(folder, exist_ok=True)
         probe = os.path.join(folder, f".faceetl-write-test-{os.getpid()}")
@@ -169,14 +211,10 @@ def check_writable(folder: str | os.PathLike) -> None:
         raise OutputError(f"cannot write to the output folder {folder}: {e.strerror or e}") from e
 
 
-def _write_crop(crop_path: str, png: bytes) -> None:
-    """Write a crop atomically (temporary file, then rename); failure stops the run."""
+def _write_crop(crop_path: str, png: bytes, storage_options: dict[str, Any] | None) -> None:
+    """Write a crop atomically (see :func:`faceetl.storage.write_atomic`); failure stops the run."""
     try:
-        os.makedirs(os.path.dirname(crop_path), exist_ok=True)
-        tmp = crop_path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(png)
-        os.replace(tmp, crop_path)
+        storage.write_atomic(crop_path, png, storage_options)
     except OSError as e:
         raise OutputError(f"cannot write the crop {crop_path}: {e.strerror or e}") from e
 
@@ -190,6 +228,7 @@ def _face_rows(
     crop_dir: str | None,
     crop_root: str | None,
     keep_crops: bool,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     h, w = image.shape[:2]
     base = {**base, "image_width": w, "image_height": h}
@@ -205,7 +244,7 @@ def _face_rows(
         crop_path = None
         if crop_dir is not None:
             crop_path = _safe_join(crop_dir, crop_relpath(path, crop_root, k))
-            _write_crop(crop_path, png)
+            _write_crop(crop_path, png, storage_options)
         rows.append(
             {
                 **base,
@@ -266,8 +305,11 @@ def extract_partition(
     keep_crops: bool = True,
     max_pixels: int | None = None,
     plugin: Any = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Faces of one partition of paths (a pandas frame with a ``path`` column) in the schema.
+
+    ``storage_options`` open URL inputs and write crops under a URL ``crop_dir``.
 
     ``plugin``: the registry entry of a backend registered outside faceetl (see
     ``Registry.plugin``), so that worker processes know it.
@@ -293,7 +335,7 @@ def extract_partition(
         for i in range(start, min(start + batch_size, len(paths))):
             base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
             try:
-                images.append(load_image(paths[i], max_pixels=max_pixels))
+                images.append(load_image(paths[i], max_pixels, storage_options))
                 idx.append(i)
             except ImageError as e:
                 emit(i, [{**base, "status": schema.error_status(str(e))}])
@@ -309,7 +351,18 @@ def extract_partition(
                 continue
             try:
                 emit(
-                    i, _face_rows(paths[i], image, det, base, spec, crop_dir, crop_root, keep_crops)
+                    i,
+                    _face_rows(
+                        paths[i],
+                        image,
+                        det,
+                        base,
+                        spec,
+                        crop_dir,
+                        crop_root,
+                        keep_crops,
+                        storage_options,
+                    ),  # fmt: skip
                 )
             except OutputError:
                 raise
@@ -334,21 +387,25 @@ def extract_faces(
     crop_dir: str | os.PathLike | None = None,
     crop_root: str | os.PathLike | None = None,
     max_pixels: int | None = None,
+    storage_options: dict[str, Any] | None = None,
     **backend_params: Any,
 ) -> dd.DataFrame:
     """Lazy Dask DataFrame of detected, aligned faces (see :mod:`faceetl.schema` for columns).
 
     ``paths`` is anything :func:`read_images` takes. ``backend_params`` go to the backend's
-    constructor (e.g. ``score_threshold=0.6``). With ``crop_dir`` the crops are also written as PNG files
-    there, mirroring the inputs' layout below ``crop_root``; ``keep_crops=False`` leaves the
-    ``crop`` bytes out of the frame.
+    constructor (e.g. ``score_threshold=0.6``). With ``crop_dir`` (a folder or an fsspec URL) the
+    crops are also written as PNG files there, mirroring the inputs' layout below ``crop_root``;
+    ``keep_crops=False`` leaves the ``crop`` bytes out of the frame. ``storage_options`` are
+    those of the input and crop URLs.
     """
     REGISTRY.check(backend, backend_params)  # unknown names fail here, not on the workers
     if crop_dir is not None:
-        check_writable(crop_dir)
+        check_writable(crop_dir, storage_options)
     spec = AlignSpec(template, size, padding)
     ddf = (
-        paths if isinstance(paths, dd.DataFrame) and "path" in paths.columns else read_images(paths)
+        paths
+        if isinstance(paths, dd.DataFrame) and "path" in paths.columns
+        else read_images(paths, storage_options=storage_options)
     )
     carried = schema.check_carried(ddf.columns)
     meta = schema.meta(ddf._meta[carried])
@@ -363,6 +420,7 @@ def extract_faces(
         keep_crops=keep_crops,
         max_pixels=max_pixels,
         plugin=REGISTRY.plugin(backend),
+        storage_options=storage_options,
         meta=meta,
         clear_divisions=True,
     )
@@ -379,8 +437,18 @@ def compute(collection: Any, progress: bool = True, summarize: bool = True) -> A
 
 
 def common_root(paths: Iterable[str]) -> str | None:
-    """The deepest folder holding every path (None when there are none)."""
-    dirs = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    """The deepest folder holding every path (None when there are none, or they are on
+    different filesystems)."""
+    paths = list(paths)
+    protocols = {storage.protocol(p) if storage.is_url(p) else None for p in paths}
+    if len(protocols) > 1:
+        return None
+    proto = next(iter(protocols), None)
+    if proto is not None:
+        dirs = {posixpath.dirname("/" + storage.strip(p).lstrip("/")) for p in paths}
+        root = posixpath.commonpath(sorted(dirs)).lstrip("/")
+        return f"{proto}://{root}" if root else None
+    dirs = {os.path.dirname(os.path.abspath(storage.local_path(p))) for p in paths}
     if not dirs:
         return None
     try:

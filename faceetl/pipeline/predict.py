@@ -4,6 +4,9 @@
 predictor says which crop it wants: the ``crop`` column as it is, or its own alignment (e.g.
 FairFace's 300 px dlib chip) made from each face's landmarks in the original image, which is then
 read once per image. Rows without a face get empty predictions and stay in place.
+
+Crop files (``crop_path``) and originals (``path``) may be local paths or fsspec URLs
+(``s3://``, ``gs://``, ``memory://``, ...), read with ``storage_options``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from .. import schema
+from .. import schema, storage
 from ..align import estimate_transform, warp
 from ..images import decode_png, load_image
 from ..predictors.base import REGISTRY, get_predictor, output_columns
@@ -23,17 +26,23 @@ from .progress import images_planned, remember_images
 
 
 def _crops_for(
-    part: pd.DataFrame, rows: np.ndarray, spec: Any
+    part: pd.DataFrame,
+    rows: np.ndarray,
+    spec: Any,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[int, np.ndarray | Exception]:
-    """RGB crops for the ok rows of ``part`` (by position), as the predictor wants them."""
+    """RGB crops for the ok rows of ``part`` (by position), as the predictor wants them.
+
+    The stored crop is the ``crop`` bytes, else the file at ``crop_path``; an aligned crop is
+    made from the original at ``path``. Both may be URLs, read with ``storage_options``.
+    """
     out: dict[int, np.ndarray | Exception] = {}
     if spec is None:
         for i in rows:
             try:
                 data = part["crop"].iloc[i]
-                if data is None or (isinstance(data, float) and np.isnan(data)):
-                    with open(part["crop_path"].iloc[i], "rb") as f:
-                        data = f.read()
+                if data is None or data is pd.NA or (isinstance(data, float) and np.isnan(data)):
+                    data = storage.read_bytes(part["crop_path"].iloc[i], storage_options)
                 out[i] = decode_png(bytes(data))
             except Exception as e:
                 out[i] = e
@@ -41,7 +50,7 @@ def _crops_for(
     paths = part["path"].iloc[rows]
     for path, idx in pd.Series(rows, index=paths.values).groupby(level=0, sort=False):
         try:
-            image = load_image(path)
+            image = load_image(path, storage_options=storage_options)
         except Exception as e:
             out.update({int(i): e for i in idx})
             continue
@@ -55,11 +64,17 @@ def _crops_for(
 
 
 def predict_partition(
-    part: pd.DataFrame, model: str, params: dict[str, Any], batch_size: int = 32, plugin: Any = None
+    part: pd.DataFrame,
+    model: str,
+    params: dict[str, Any],
+    batch_size: int = 32,
+    plugin: Any = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """``part`` with the predictor's columns appended (one partition of a face DataFrame).
 
     ``plugin``: the registry entry of a predictor registered outside faceetl, for workers.
+    ``storage_options``: those of the ``crop_path`` and ``path`` URLs the crops are read from.
     """
     REGISTRY.ensure(plugin)
     cols = output_columns(model, **params)
@@ -69,7 +84,7 @@ def predict_partition(
     if len(ok):
         predictor = get_predictor(model, **params)
         prov = json.dumps(predictor.provenance(), sort_keys=True, default=str)
-        crops = _crops_for(part, ok, predictor.align)
+        crops = _crops_for(part, ok, predictor.align, storage_options)
         good = [i for i in ok if not isinstance(crops[i], Exception)]  # unreadable: left empty
         for s in range(0, len(good), batch_size):
             chunk = good[s : s + batch_size]
@@ -85,11 +100,21 @@ def predict_partition(
     return out
 
 
-def predict(faces: dd.DataFrame | pd.DataFrame, model: str, batch_size: int = 32, **params: Any):
-    """Add predictor ``model``'s columns to a face DataFrame (lazy for Dask, eager for pandas)."""
+def predict(
+    faces: dd.DataFrame | pd.DataFrame,
+    model: str,
+    batch_size: int = 32,
+    storage_options: dict[str, Any] | None = None,
+    **params: Any,
+):
+    """Add predictor ``model``'s columns to a face DataFrame (lazy for Dask, eager for pandas).
+
+    ``params`` go to the predictor's constructor. ``storage_options`` are those of the
+    ``crop_path`` / ``path`` URLs crops are read from (for fsspec; never passed to the model).
+    """
     REGISTRY.check(model, params)  # unknown models and parameters fail here, not on workers
     if isinstance(faces, pd.DataFrame):
-        return predict_partition(faces, model, params, batch_size)
+        return predict_partition(faces, model, params, batch_size, storage_options=storage_options)
     cols = output_columns(model, **params)
     clash = sorted(set(cols) & set(faces.columns))
     if clash:
@@ -100,6 +125,12 @@ def predict(faces: dd.DataFrame | pd.DataFrame, model: str, batch_size: int = 32
     for c, dtype in cols.items():
         meta[c] = pd.Series([], dtype=dtype)
     out = faces.map_partitions(
-        predict_partition, model, dict(params), batch_size, REGISTRY.plugin(model), meta=meta
+        predict_partition,
+        model,
+        dict(params),
+        batch_size,
+        REGISTRY.plugin(model),
+        storage_options=storage_options,
+        meta=meta,
     )
     return remember_images(out, images_planned(faces))

@@ -34,7 +34,10 @@ def images_planned(frame: Any) -> int | None:
 
 
 def images_of(frame: pd.DataFrame) -> int:
-    """Distinct input images in a piece of a face frame (rows with a ``path``)."""
+    """Distinct input images in a piece of a face frame (rows with a ``path``), or the
+    ``n_images`` of a frame of counts (what a run writing its own output returns)."""
+    if "n_images" in frame.columns and "path" not in frame.columns:
+        return int(frame["n_images"].sum())
     return int(frame["path"].nunique()) if "path" in frame.columns else len(frame)
 
 
@@ -103,7 +106,15 @@ def _in_notebook() -> bool:
 
 
 def summary(frame: pd.DataFrame, seconds: float) -> str:
-    """``N images: a ok, b no_face, c error; F faces; R img/s`` of a computed face frame."""
+    """``N images: a ok, b no_face, c error; F faces; R img/s`` of a computed face frame (or
+    of a frame of counts with columns n_images, n_ok, n_no_face, n_error, n_faces)."""
+    if "n_images" in frame.columns and "path" not in frame.columns:
+        n = frame.sum(numeric_only=True)
+        return (
+            f"{int(n['n_images'])} images: {int(n['n_ok'])} ok, {int(n['n_no_face'])} no_face, "
+            f"{int(n['n_error'])} error; {int(n['n_faces'])} faces; "
+            f"{n['n_images'] / max(seconds, 1e-9):.1f} img/s"
+        )
     if not {"path", "status"} <= set(frame.columns):
         return f"{len(frame)} rows in {seconds:.1f} s"
     status = frame["status"].astype(str)
