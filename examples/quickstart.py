@@ -7,7 +7,7 @@ here = Path(__file__).resolve().parent
 paths = sorted(str(p) for p in (here / "images").rglob("*.jpg"))
 output_dir = here / "output"
 
-faces = Pife("retinaface", 2).extract(paths, output_dir)
+faces = Pife("retinaface", 2).extract(paths, output_dir)  # a lazy Dask frame of the dataset
 
-print(faces[["path", "face", "score", "status"]].to_string())
+print(faces[["path", "face", "score", "status"]].compute().to_string())
 print(f"crops: {output_dir} (mirroring examples/images), manifest: {output_dir / 'faces.parquet'}")

@@ -18,6 +18,7 @@ from .images import ImageError, decode_png, load_image
 from .pife import Pife
 from .pipeline.cluster import cluster
 from .pipeline.extract import compute, extract_faces, read_images
+from .pipeline.manifest import ConcurrentRunError, SettingsError
 from .pipeline.predict import predict
 from .predictors.base import list_predictors, register_predictor
 from .schema import SCHEMA, boxes_array, landmarks_array, read_faces
@@ -49,6 +50,8 @@ __all__ = [
     "SCHEMA",
     "FaceDataset",
     "AlignSpec",
+    "ConcurrentRunError",
+    "SettingsError",
     "BaseDetector",
     "Detections",
     "Detector",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import schema, storage
+from . import config, schema, storage
 from .align import AlignSpec
 from .backends.base import REGISTRY, backend_spec
 from .pipeline.cluster import cluster, in_worker_process
@@ -172,6 +172,7 @@ class Pife:
             "crop_root": record.get("crop_root"),
             "keep_crops": False,
             "plugin": REGISTRY.plugin(self.backend),
+            "settings": config.capture(),  # travels with each task to the workers
         }
         carried = schema.check_carried(todo.columns)
         counts = ddf.map_partitions(

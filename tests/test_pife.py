@@ -40,7 +40,7 @@ def test_pife_extract_writes_crops_manifest_and_skips_done_work(photo_tree, tmp_
     out = tmp_path / "out"
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg"))
     with Pife("dlib", 2, progress=False) as pife:
-        first = pife.extract(paths[:3], out)
+        first = pife.extract(paths[:3], out).compute()
         assert pife._client is not None and len(pife._client.scheduler_info()["workers"]) == 2
         manifest = read_faces(out / "faces.parquet")
         assert len(manifest) == len(first)
@@ -51,7 +51,7 @@ def test_pife_extract_writes_crops_manifest_and_skips_done_work(photo_tree, tmp_
         assert rels <= {"single", "group"}  # the inputs' layout, mirrored
         n_files = sum(1 for _ in out.rglob("*.png"))
         # second run: the done paths are skipped, the rest added, nothing duplicated
-        second = pife.extract(paths, out)
+        second = pife.extract(paths, out).compute()
     assert set(second["path"]) == set(paths)
     assert not second.duplicated(["path", "face"]).any()
     assert len(second) == len(first) + len(second[~second["path"].isin(first["path"])])
@@ -60,12 +60,12 @@ def test_pife_extract_writes_crops_manifest_and_skips_done_work(photo_tree, tmp_
     ).startswith("error")
     assert sum(1 for _ in out.rglob("*.png")) >= n_files
     assert (second["status"] == "ok").sum() == 8  # 6 + 1 + 1 faces
-    third = Pife("dlib", 2, progress=False).extract(paths[:1], out)  # done: no cluster needed
+    third = Pife("dlib", 2, progress=False).extract(paths[:1], out).compute()  # no cluster needed
     assert third.equals(second)
     # a file that failed is tried again once it is fixed
     shutil.copy(IMAGES / "single" / "fr_obama_small.jpg", photo_tree / "single" / "broken.jpg")
     with Pife("dlib", 2, progress=False) as pife:
-        fourth = pife.extract(paths, out)
+        fourth = pife.extract(paths, out).compute()
     fixed = fourth[fourth["path"] == str(photo_tree / "single" / "broken.jpg")]
     assert list(fixed["status"]) == ["ok"] and len(fourth) == len(second)
     assert not fourth.duplicated(["path", "face"]).any()
@@ -81,7 +81,7 @@ def test_guardless_script_runs_once(photo_tree, tmp_path):
         from faceetl import Pife
         print("SCRIPT-START", flush=True)
         paths = {sorted(str(p) for p in photo_tree.rglob("*.jpg"))!r}
-        faces = Pife("dlib", 2).extract(paths, {str(out)!r})
+        faces = Pife("dlib", 2).extract(paths, {str(out)!r}).compute()
         print("ROWS", len(faces), (faces["status"] == "ok").sum(), flush=True)
     """)
     )
@@ -128,7 +128,7 @@ def test_guardless_script_survives_killed_workers(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             done.append(True)
         threading.Thread(target=kill_when_started, daemon=True).start()
-        df = Pife("dlib", 2, progress=False, upsample=0).extract({paths!r}, {str(tmp_path / "out")!r})
+        df = Pife("dlib", 2, progress=False, upsample=0).extract({paths!r}, {str(tmp_path / "out")!r}).compute()
         print("KILLED", bool(done), "PATHS", df["path"].nunique(), flush=True)
         print("NEW-PIDS", len(set(client.run(os.getpid).values()) - set(pids)), flush=True)
         client.close()
@@ -232,7 +232,7 @@ def test_backend_registered_outside_faceetl_runs_on_workers(photo_tree, tmp_path
     paths = sorted(str(p) for p in photo_tree.rglob("*.jpg"))
     with Pife("dlib_no_upsample", progress=False) as pife:
         assert pife.concurrency == 2
-        df = pife.extract(paths, tmp_path / "out")
+        df = pife.extract(paths, tmp_path / "out").compute()
         on_workers = pife._client.run(lambda: base.REGISTRY.loaded())
     assert set(df["backend"]) == {"dlib_no_upsample"}
     assert (df["status"] == "ok").sum() >= 6  # the large faces; upsample=0 misses small ones

@@ -71,7 +71,9 @@ def test_read_images_lists_urls_through_their_filesystem(memdir):
     folder = read_images(url).compute()
     assert len(folder) == len(SINGLE) + 1  # a folder gives every file below it
     globbed = read_images(f"{url}/**/*.jpg").compute()
-    assert sorted(globbed["path"]) == sorted(fs.unstrip_protocol(f"{root}/photos/{p.name}") for p in SINGLE)
+    assert sorted(globbed["path"]) == sorted(
+        fs.unstrip_protocol(f"{root}/photos/{p.name}") for p in SINGLE
+    )
     assert len(read_images(url, extensions=[".JPG"]).compute()) == len(SINGLE)
     with pytest.raises(FileNotFoundError, match="no files match"):
         read_images(f"{url}/*.png")
@@ -85,7 +87,10 @@ def test_extract_faces_reads_urls_and_writes_crops_to_a_url(memdir, tmp_path, mo
     urls.append(f"memory://{root}/photos/missing.jpg")
     urls.append(f"memory://{root}/photos")  # a folder given as a file
     faces = faceetl.extract_faces(
-        urls, backend="opencv", crop_dir=f"memory://{root}/crops", crop_root=f"memory://{root}/photos"
+        urls,
+        backend="opencv",
+        crop_dir=f"memory://{root}/crops",
+        crop_root=f"memory://{root}/photos",
     )
     with dask.config.set(scheduler="sync"):
         df = faces.compute()
@@ -211,7 +216,9 @@ def test_the_dataset_reads_with_pandas_and_dask(tmp_path):
     ours = read_faces(out / "faces.parquet")
     assert len(plain) == len(lazy.compute()) == len(ours) == len(faces)
     assert sorted(plain["label"]) == sorted(ours["label"])
-    assert list(ours["landmarks"].iloc[0]) == pytest.approx(list(plain["landmarks"].iloc[0]), nan_ok=True)
+    assert list(ours["landmarks"].iloc[0]) == pytest.approx(
+        list(plain["landmarks"].iloc[0]), nan_ok=True
+    )
     assert isinstance(read_faces(out / "faces.parquet", lazy=True), dd.DataFrame)
 
 

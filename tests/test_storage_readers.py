@@ -20,7 +20,6 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from faceetl import extract_faces, predict, register_predictor
 from faceetl.datasets import FaceDataset
@@ -158,16 +157,11 @@ def test_face_dataset_storage_options_reach_dataloader_workers(local, root) -> N
     no_options = FaceDataset(faces)
     with pytest.raises(Exception):  # noqa: B017 - the crop URLs need the options too
         no_options.crop_bytes(0)
+    # what a DataLoader worker receives (spawned or forked): the pickled dataset. Forking the
+    # test process itself is avoided: its fsspec event-loop thread can hold a lock at fork time
     clone = pickle.loads(pickle.dumps(ds))
-    np.testing.assert_array_equal(clone.image(1), local_crops(local)[1])
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=None, num_workers=1, multiprocessing_context="fork"
-    )
-    got = [x for x, _ in loader]
-    for x, want in zip(got, local_crops(local), strict=True):
-        np.testing.assert_array_equal(
-            (x.numpy() * 255).round().astype(np.uint8), want.transpose(2, 0, 1)
-        )
+    for i, want in enumerate(local_crops(local)):
+        np.testing.assert_array_equal(clone.image(i), want)
 
 
 # -------------------------------------------------------------------------------------- predict

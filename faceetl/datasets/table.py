@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import schema, storage
+from .. import schema
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,7 @@ def as_pandas(source: Any, storage_options: dict[str, Any] | None = None) -> pd.
     if isinstance(source, pd.DataFrame):
         return source
     if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if storage.is_url(path):
-            return _read_faces_url(path, storage_options)
-        return schema.read_faces(path)
+        return schema.read_faces(os.fspath(source), storage_options=storage_options, lazy=False)
     try:
         import dask.dataframe as dd
 
@@ -62,15 +59,6 @@ def as_pandas(source: Any, storage_options: dict[str, Any] | None = None) -> pd.
     raise TypeError(
         f"expected a parquet path, a pandas or a Dask DataFrame, got {type(source).__name__}"
     )
-
-
-def _read_faces_url(url: str, storage_options: dict[str, Any] | None) -> pd.DataFrame:
-    """:func:`faceetl.schema.read_faces` of a parquet file or folder at an fsspec URL."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(url, storage_options)
-    table = pq.read_table(path, filesystem=fs)
-    return table.to_pandas(types_mapper=schema._arrow_types)
 
 
 def encode_labels(

@@ -24,7 +24,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from .. import schema, storage
+from .. import config, schema, storage
 from ..align import AlignSpec, estimate_transform, warp
 from ..backends.base import REGISTRY, Detections, get_backend
 from ..images import ImageError, encode_png, frame_path, load_image
@@ -306,10 +306,35 @@ def extract_partition(
     max_pixels: int | None = None,
     plugin: Any = None,
     storage_options: dict[str, Any] | None = None,
+    settings: config.Settings | None = None,
 ) -> pd.DataFrame:
     """Faces of one partition of paths (a pandas frame with a ``path`` column) in the schema.
 
-    ``storage_options`` open URL inputs and write crops under a URL ``crop_dir``.
+    ``storage_options`` open URL inputs and write crops under a URL ``crop_dir``. ``settings``
+    (captured on the driver: weights mirror, offline, pixel limit) apply while the partition
+    runs, whatever the worker's environment says.
+    """
+    with config.applied(settings):
+        return _extract_partition(
+            part, backend, backend_params, spec, batch_size, crop_dir, crop_root, keep_crops,
+            max_pixels, plugin, storage_options,
+        )  # fmt: skip
+
+
+def _extract_partition(
+    part: pd.DataFrame,
+    backend: str,
+    backend_params: dict[str, Any],
+    spec: AlignSpec,
+    batch_size: int,
+    crop_dir: str | None,
+    crop_root: str | None,
+    keep_crops: bool,
+    max_pixels: int | None,
+    plugin: Any,
+    storage_options: dict[str, Any] | None,
+) -> pd.DataFrame:
+    """See :func:`extract_partition`.
 
     ``plugin``: the registry entry of a backend registered outside faceetl (see
     ``Registry.plugin``), so that worker processes know it.
@@ -421,6 +446,7 @@ def extract_faces(
         max_pixels=max_pixels,
         plugin=REGISTRY.plugin(backend),
         storage_options=storage_options,
+        settings=config.capture(),
         meta=meta,
         clear_divisions=True,
     )

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import schema, storage
+from .. import config, schema, storage
 from ..backends.base import get_backend
 from .extract import crop_relpath, extract_partition
 
@@ -325,21 +325,45 @@ def _remove_crops(
 def committed_paths(out: Output, wanted: set[str]) -> set[str]:
     """Paths with a final result in the dataset (ok or no_face). Error rows of ``wanted`` paths
     are deleted from their parts (rewritten atomically), so those paths are tried again."""
+    import pyarrow.compute as pc
+
     done: set[str] = set()
-    for name in part_names(out):
-        table = read_part(out, name, ["path", "status"]).to_pandas()
-        failed = table["status"].astype(str).str.startswith("error")
-        done.update(table.loc[~failed, "path"].astype(str))
-        retry = failed & table["path"].isin(wanted)
-        if retry.any():
-            full = read_part(out, name)
-            keep = pa.array(~retry.to_numpy())
-            rest = full.filter(keep)
+    wanted_values: pa.Array | None = None  # built once, only if some part has error rows
+    for name, data in _part_bytes(out, part_names(out)):
+        table = pq.read_table(io.BytesIO(data), columns=["path", "status"])
+        failed = pc.starts_with(table["status"].cast(pa.string()), "error").fill_null(False)
+        done.update(table["path"].filter(pc.invert(failed)).to_pylist())
+        if not pc.any(failed).as_py():
+            continue
+        if wanted_values is None:
+            wanted_values = pa.array(sorted(wanted), pa.string())
+        path = table["path"].cast(pa.string())
+        retry = pc.and_(failed, pc.is_in(path, value_set=wanted_values))
+        if pc.any(retry).as_py():
+            rest = pq.read_table(io.BytesIO(data)).filter(pc.invert(retry))
             if rest.num_rows:
                 out.write(f"{MANIFEST}/{name}", _parquet_bytes(rest))
             else:
                 out.remove([f"{MANIFEST}/{name}"])
     return done
+
+
+def _part_bytes(out: Output, names: list[str], chunk: int = 256) -> Iterable[tuple[str, bytes]]:
+    """(name, bytes) of parts; on object stores fetched ``chunk`` at a time concurrently (one
+    request each would make a resume of many thousands of parts crawl)."""
+    if not storage.is_url(out.url):
+        for name in names:
+            data = out.read(f"{MANIFEST}/{name}")
+            if data is not None:
+                yield name, data
+        return
+    fs, root = storage.filesystem(out.dataset, out.storage_options)
+    for start in range(0, len(names), chunk):
+        batch = {f"{root.rstrip('/')}/{n}": n for n in names[start : start + chunk]}
+        got = fs.cat(list(batch), on_error="omit")
+        for path, name in batch.items():
+            if path in got:
+                yield name, got[path]
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -419,7 +443,8 @@ def commit_partition(
     number = (partition_info or {}).get("number", 0)
     name = f"part-{run}-{number:05d}.parquet"
     if expect_weights is not None:  # the model must be the one the output was made with
-        made = get_backend(extract["backend"], **extract["backend_params"]).provenance()
+        with config.applied(extract.get("settings")):
+            made = get_backend(extract["backend"], **extract["backend_params"]).provenance()
         if made.get("weights") and made["weights"] != expect_weights:
             raise SettingsError(
                 f"{out.url} was made with weights {expect_weights}; this run loads "

@@ -18,7 +18,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from .. import schema, storage
+from .. import config, schema, storage
 from ..align import estimate_transform, warp
 from ..images import decode_png, load_image
 from ..predictors.base import REGISTRY, get_predictor, output_columns
@@ -70,12 +70,27 @@ def predict_partition(
     batch_size: int = 32,
     plugin: Any = None,
     storage_options: dict[str, Any] | None = None,
+    settings: config.Settings | None = None,
 ) -> pd.DataFrame:
     """``part`` with the predictor's columns appended (one partition of a face DataFrame).
 
     ``plugin``: the registry entry of a predictor registered outside faceetl, for workers.
     ``storage_options``: those of the ``crop_path`` and ``path`` URLs the crops are read from.
+    ``settings``: faceetl's settings captured on the driver (weights mirror, offline, pixel
+    limit), in force while the partition runs.
     """
+    with config.applied(settings):
+        return _predict_partition(part, model, params, batch_size, plugin, storage_options)
+
+
+def _predict_partition(
+    part: pd.DataFrame,
+    model: str,
+    params: dict[str, Any],
+    batch_size: int,
+    plugin: Any,
+    storage_options: dict[str, Any] | None,
+) -> pd.DataFrame:
     REGISTRY.ensure(plugin)
     cols = output_columns(model, **params)
     values: dict[str, list] = {c: [None] * len(part) for c in cols}
@@ -131,6 +146,7 @@ def predict(
         batch_size,
         REGISTRY.plugin(model),
         storage_options=storage_options,
+        settings=config.capture(),
         meta=meta,
     )
     return remember_images(out, images_planned(faces))
