@@ -296,3 +296,33 @@ def test_large_faces_found_once():
     assert len(det) == 1
     (ref,) = get_backend("retinaface").detect_batch([small])
     assert np.abs(det.boxes[0] / 6 - ref.boxes[0]).max() < 6  # same face, same place
+
+
+def test_keep_top_k_holds_after_the_large_face_pass():
+    """The second pass adds faces: the result is still cut to keep_top_k (752 came back with
+    750 asked), best first."""
+    couple = load_rgb(IMAGES / "group" / "deepface_couple.jpg")
+    for k in (1, 2):
+        (det,) = get_backend("retinaface", keep_top_k=k, score_threshold=0.02).detect_batch(
+            [couple]
+        )
+        assert len(det) == k
+        assert (np.diff(det.scores) <= 0).all()
+
+
+@pytest.mark.slow
+def test_low_scores_do_not_start_the_large_face_pass(group_images):
+    """At the WIDER setting (score 0.02) spurious large low-score boxes must not start the
+    second pass: the confident faces come out where they do at the default threshold."""
+    wider = get_backend("retinaface", score_threshold=0.02)
+    default = get_backend("retinaface")
+    photos = dict(group_images)
+    for p in sorted((IMAGES / "single").glob("*.jpg")) + sorted((IMAGES / "wider").glob("*.jpg")):
+        photos[p.name] = load_rgb(p)
+    for name, img in photos.items():
+        (low,) = wider.detect_batch([img])
+        (high,) = default.detect_batch([img])
+        confident = low.select(low.scores >= 0.5)
+        assert len(confident) == len(high), name
+        if len(high):
+            assert _matched_max_diff(confident, high) < 1e-3, name

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 LARGE_FACE = 400  # network pixels: faces beyond the largest anchors (512) come out doubled
 REDETECT_SIDE = 256  # ... so they are detected again with the largest face at this size
 MIN_REDETECTED = 64  # faces the second pass finds at least this large replace the first's
+#: only boxes at least this confident (the default extraction threshold) start the second pass:
+#: at the WIDER setting (0.02) spurious large boxes of 0.03-0.07 would start it and move faces
+LARGE_FACE_SCORE = 0.5
 
 
 class PaddingMask:
@@ -393,10 +396,11 @@ class RetinaFaceDetector(BaseDetector):
         if len(det) == 0:
             return det
         side = np.maximum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
-        if side.max() * scale <= LARGE_FACE:
+        trigger = side[det.scores >= max(self.score_threshold, LARGE_FACE_SCORE)]
+        if len(trigger) == 0 or trigger.max() * scale <= LARGE_FACE:
             return det
         h, w = image.shape[:2]
-        s2 = scale * REDETECT_SIDE / (side.max() * scale)
+        s2 = scale * REDETECT_SIDE / (trigger.max() * scale)
         small = cv2.resize(
             image, (max(32, round(w * s2)), max(32, round(h * s2))), interpolation=cv2.INTER_AREA
         )
@@ -409,7 +413,9 @@ class RetinaFaceDetector(BaseDetector):
         if len(big) == 0:
             return det
         overlap = box_iou(det.boxes, big.boxes).max(axis=1)
-        return Detections.concat([big, det.select(overlap < 0.2)])
+        merged = Detections.concat([big, det.select(overlap < 0.2)])
+        order = np.argsort(-merged.scores, kind="stable")[: self.keep_top_k]
+        return merged.select(order)  # best first, and never more than keep_top_k
 
     def _device(self) -> str:
         return self.device.type
