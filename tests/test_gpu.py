@@ -27,3 +27,69 @@ def test_cuda_rows_equal_cpu_rows(backend: str) -> None:
             m = iou(c.boxes, g.boxes)
             j = m.argmax(axis=1)
             assert np.abs(c.boxes - g.boxes[j]).max() <= 1.0, path.name
+
+
+def test_batched_warp_on_cuda_equals_cpu() -> None:
+    from faceetl import align
+    from faceetl.batched import pad_batch, warp_faces
+
+    images = [load_rgb(p) for p in PHOTOS]
+    dets = get_backend("retinaface", device="cpu").detect_batch(images)
+    index = [k for k, d in enumerate(dets) for _ in range(len(d))]
+    spec = align.AlignSpec("arcface", 112)
+    mats = [
+        align.estimate_transform(d.landmarks[f], d.boxes[f], spec)[0]
+        for d in dets
+        for f in range(len(d))
+    ]
+    canvas, _ = pad_batch(images)
+    cpu = warp_faces(canvas, index, mats, 112)
+    gpu = warp_faces(canvas.cuda(), index, mats, 112).cpu()
+    assert (cpu.int() - gpu.int()).abs().max() <= 1
+    assert cpu.shape == gpu.shape
+
+
+def test_nvjpeg_decode_loses_nothing(tmp_path) -> None:
+    """Bad inputs: nvjpeg refuses some, the CPU decoder takes them; every image comes back
+    decoded as the CPU path decodes it (JPEG decoders may differ by a few levels) or as the
+    same error."""
+    from faceetl.batched import decode_jpegs
+    from faceetl.images import ImageError, load_image
+    from helpers import make_bad_inputs
+
+    bad = [v for v in make_bad_inputs(tmp_path).values() if hasattr(v, "is_file") and v.is_file()]
+    paths = bad + PHOTOS
+    got = decode_jpegs([p.read_bytes() for p in paths], device="cuda")
+    for p, g in zip(paths, got, strict=True):
+        try:
+            want = load_image(p)
+        except ImageError as e:
+            assert isinstance(g, ImageError) and str(g) == str(e), p
+            continue
+        assert g.is_cuda and tuple(g.shape) == (3, *want.shape[:2]), p
+        diff = np.abs(g.permute(1, 2, 0).cpu().numpy().astype(int) - want.astype(int))
+        assert diff.mean() < 2.0, (p, diff.mean())
+
+
+def test_pipeline_on_a_cuda_cluster_equals_cpu_rows(tmp_path) -> None:
+    """The whole pipeline on a LocalCUDACluster (one worker per GPU) gives the CPU's rows."""
+    import dask
+
+    from faceetl import Pife
+
+    paths = [str(p) for p in PHOTOS]
+    with dask.config.set(scheduler="threads"):
+        cpu = (
+            Pife("retinaface", 1, progress=False, device="cpu", half=False)
+            .extract(paths, tmp_path / "cpu")
+            .compute()
+        )
+    with Pife("retinaface", 1, progress=False, device="cuda", half=False) as pife:
+        gpu = pife.extract(paths, tmp_path / "gpu").compute()
+        workers = pife._client.scheduler_info()["workers"]
+    assert len(workers) >= 1
+    cpu = cpu.sort_values(["path", "face"]).reset_index(drop=True)
+    gpu = gpu.sort_values(["path", "face"]).reset_index(drop=True)
+    assert list(cpu["path"]) == list(gpu["path"]) and list(cpu["status"]) == list(gpu["status"])
+    box = ["x1", "y1", "x2", "y2"]
+    assert np.nanmax(np.abs(cpu[box].to_numpy() - gpu[box].to_numpy())) <= 1.0
