@@ -14,6 +14,7 @@ from .backends.base import (
     list_backends,
     register_backend,
 )
+from .compare import compare, verify
 from .images import ImageError, decode_png, load_image
 from .pife import Pife
 from .pipeline.cluster import cluster
@@ -62,6 +63,7 @@ __all__ = [
     "arcface_template",
     "boxes_array",
     "cluster",
+    "compare",
     "compute",
     "decode_png",
     "dlib_template",
@@ -81,4 +83,5 @@ __all__ = [
     "stratified_split",
     "train",
     "register_weights",
+    "verify",
 ]

@@ -154,6 +154,44 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
+#: crop formats: name -> (file extension, cv2 quality flag, default quality)
+CROP_FORMATS = {
+    "png": ("png", None, None),
+    "jpeg": ("jpg", cv2.IMWRITE_JPEG_QUALITY, 95),
+    "webp": ("webp", cv2.IMWRITE_WEBP_QUALITY, 90),  # quality above 100: lossless
+}
+
+
+def parse_crop_format(fmt: str) -> tuple[str, int | None]:
+    """``"png"``, ``"jpeg"``, ``"jpeg:85"``, ``"webp"``, ``"webp:101"`` -> (name, quality)."""
+    name, _, q = str(fmt).lower().partition(":")
+    name = {"jpg": "jpeg"}.get(name, name)
+    if name not in CROP_FORMATS:
+        raise ValueError(f"unknown crop format {fmt!r}: use one of {sorted(CROP_FORMATS)}")
+    if q and name == "png":
+        raise ValueError("png crops are lossless: they take no quality")
+    quality = int(q) if q else CROP_FORMATS[name][2]
+    if quality is not None and not 1 <= quality <= (101 if name == "webp" else 100):
+        raise ValueError(f"crop quality {quality} out of range for {name}")
+    return name, quality
+
+
+def crop_extension(fmt: str) -> str:
+    """The file extension (no dot) of crops in format ``fmt``."""
+    return CROP_FORMATS[parse_crop_format(fmt)[0]][0]
+
+
+def encode_crop(rgb: np.ndarray, fmt: str = "png") -> bytes:
+    """Bytes of an RGB uint8 crop in ``fmt`` (see :func:`parse_crop_format`)."""
+    name, quality = parse_crop_format(fmt)
+    ext, flag, _ = CROP_FORMATS[name]
+    params = [] if flag is None else [int(flag), int(quality)]
+    ok, buf = cv2.imencode(f".{ext}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"{name} encoding failed")
+    return buf.tobytes()
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB uint8 image."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -163,7 +201,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """RGB uint8 array of PNG (or JPEG) bytes, e.g. a ``crop`` cell."""
+    """RGB uint8 array of PNG (or JPEG, WebP) bytes, e.g. a ``crop`` cell."""
     a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if a is None:
         raise ValueError("cannot decode image bytes")

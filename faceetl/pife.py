@@ -13,6 +13,7 @@ import pandas as pd
 from . import config, schema, storage
 from .align import AlignSpec
 from .backends.base import REGISTRY, backend_spec
+from .images import crop_extension
 from .pipeline.cluster import cluster, in_worker_process
 from .pipeline.extract import check_writable, common_root, compute, read_images
 from .pipeline.manifest import (
@@ -51,6 +52,8 @@ class Pife:
     (``dask.config.set(scheduler="threads")``) runs the work in this process; otherwise a local
     cluster is started on first use and kept for the next calls (``close()`` or a ``with``
     block ends it).
+    ``crop_format``: ``"png"`` (default), ``"jpeg"`` / ``"jpeg:<quality>"`` or ``"webp"``
+    / ``"webp:<quality>"`` for the crop files.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Pife:
         batch_size: int = 16,
         partition_size: int | None = None,
         progress: bool = True,
+        crop_format: str = "png",
         **backend_params: Any,
     ) -> None:
         REGISTRY.check(backend, backend_params)  # an unknown backend or parameter fails here
@@ -73,6 +77,8 @@ class Pife:
         self.size, self.template, self.padding = size, template, padding
         self.batch_size, self.partition_size = batch_size, partition_size
         self.progress = progress
+        crop_extension(crop_format)  # an unknown format fails here
+        self.crop_format = crop_format
         self.backend_params = backend_params
         self._client = None
 
@@ -113,7 +119,7 @@ class Pife:
             "template": self.template,
             "size": self.size,
             "padding": self.padding,
-            "crop_format": "png",
+            "crop_format": self.crop_format,
         }
 
     def extract(
@@ -171,6 +177,7 @@ class Pife:
             "batch_size": self.batch_size,
             "crop_root": record.get("crop_root"),
             "keep_crops": False,
+            "crop_format": self.crop_format,
             "plugin": REGISTRY.plugin(self.backend),
             "settings": config.capture(),  # travels with each task to the workers
         }

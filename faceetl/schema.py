@@ -15,7 +15,9 @@ DOUBLES = pd.ArrowDtype(pa.list_(pa.float64()))
 BYTES = pd.ArrowDtype(pa.binary())
 
 #: column -> dtype, in output order. Landmarks are 10 floats (x, y of the 5 ArcFace points, NaN
-#: where unknown); ``affine`` is the 6-float row-major image-to-crop transform.
+#: where unknown); ``shape`` is the backend's native landmarks, x, y interleaved (dlib: its 68 or
+#: 5 points, which dlib chips are fitted on), null when the backend has none; ``affine`` is the
+#: 6-float row-major image-to-crop transform.
 SCHEMA: dict[str, Any] = {
     "path": STRING,
     "face": "int64",
@@ -25,6 +27,7 @@ SCHEMA: dict[str, Any] = {
     "y2": "float64",
     "score": "float64",
     "landmarks": FLOATS,
+    "shape": FLOATS,
     "crop": BYTES,
     "crop_path": STRING,
     "alignment": STRING,
@@ -57,6 +60,7 @@ def empty_row(path: str) -> dict[str, Any]:
         "y2": np.nan,
         "score": np.nan,
         "landmarks": None,
+        "shape": None,
         "crop": None,
         "crop_path": None,
         "alignment": None,

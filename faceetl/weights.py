@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from typing import Any
 import pooch
 
 from . import config, storage
+
+log = logging.getLogger(__name__)
 
 
 class WeightsError(RuntimeError):
@@ -38,7 +42,7 @@ class WeightFile:
 
     name: str
     url: str
-    sha256: str
+    sha256: str | None  # None: no published hash (``trust_on_first_use`` must then be set)
     filename: str
     description: str = ""
     licence: str = ""
@@ -47,6 +51,8 @@ class WeightFile:
     std: tuple[float, ...] | None = None  # divided per channel after the mean
     input_size: tuple[int, int] | None = None  # (height, width); None: any size
     classes: tuple[str, ...] | None = None  # output class names, where the model has them
+    #: no published hash: the first file's sha256 is recorded in FACEETL_HOME and then required
+    trust_on_first_use: bool = False
 
 
 _WEIGHTS: dict[str, WeightFile] = {}
@@ -55,21 +61,38 @@ _WEIGHTS: dict[str, WeightFile] = {}
 def register_weights(
     name: str,
     url: str,
-    sha256: str,
+    sha256: str | None,
     filename: str | None = None,
     description: str = "",
+    *,
+    trust_on_first_use: bool = False,
     **preprocessing: Any,
 ) -> WeightFile:
     """Add a weight file to the registry (idempotent for an identical entry).
 
-    ``preprocessing``: the other :class:`WeightFile` fields (``licence``, ``colour``, ``mean``,
-    ``std``, ``input_size``, ``classes``).
+    ``sha256=None`` needs ``trust_on_first_use=True``: the authors publish no hash, so the first
+    file's is recorded (see the module docstring). ``preprocessing``: the other
+    :class:`WeightFile` fields (``licence``, ``colour``, ``mean``, ``std``, ``input_size``,
+    ``classes``).
     """
+    if sha256 is None and not trust_on_first_use:
+        raise ValueError(
+            f"weights {name!r} have no sha256: give the published hash, or "
+            "trust_on_first_use=True where none is published"
+        )
+    if sha256 is not None and trust_on_first_use:
+        raise ValueError(f"weights {name!r} have a published sha256: trust_on_first_use is moot")
     for key in ("mean", "std", "input_size", "classes"):
         if preprocessing.get(key) is not None:
             preprocessing[key] = tuple(preprocessing[key])
     wf = WeightFile(
-        name, url, sha256.lower(), filename or url.rsplit("/", 1)[-1], description, **preprocessing
+        name,
+        url,
+        sha256.lower() if sha256 is not None else None,
+        filename or url.rsplit("/", 1)[-1],
+        description,
+        **preprocessing,
+        trust_on_first_use=bool(trust_on_first_use),
     )
     old = _WEIGHTS.get(name)
     if old is not None and old != wf:
@@ -103,33 +126,99 @@ def sha256sum(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def record_path(wf: WeightFile) -> Path:
+    """Where the sha256 of a trust-on-first-use file is recorded: ``<home>/<file name>.sha256``."""
+    return home() / f"{wf.filename}.sha256"
+
+
+def recorded_sha256(wf: WeightFile) -> str | None:
+    """The sha256 recorded on first use of ``wf`` (None: not recorded yet, or a pinned release)."""
+    if not wf.trust_on_first_use:
+        return None
+    record = record_path(wf)
+    try:
+        text = record.read_text()
+    except FileNotFoundError:
+        return None
+    sha = text.split()[0].lower() if text.split() else ""
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise WeightsError(
+            f"{record} does not hold a sha256 (the hash recorded on first use of "
+            f"{wf.filename}): delete it to record the next file's hash"
+        )
+    return sha
+
+
+def expected_sha256(wf: WeightFile) -> str | None:
+    """The hash a file of ``wf`` must have: the published one, else the one recorded on first
+    use; None when neither exists yet (the next file had is trusted and recorded)."""
+    return wf.sha256 if wf.sha256 is not None else recorded_sha256(wf)
+
+
+def _record(wf: WeightFile, sha: str, source: str) -> None:
+    """Record ``sha`` as the hash of ``wf`` (trust on first use), unless another hash was
+    recorded meanwhile (another process): then the file is refused."""
+    before = recorded_sha256(wf)
+    if before is not None and before != sha:
+        raise WeightsError(_refusal(wf, source, sha, before))
+    storage.write_atomic(str(record_path(wf)), f"{sha}  {wf.filename}\n".encode())
+    log.warning(
+        "weights %r (%s) have no published sha256: trusting the file from %s on first use, "
+        "sha256 %s recorded in %s; a different file will be refused",
+        wf.name, wf.filename, source, sha, record_path(wf),
+    )  # fmt: skip
+
+
+def _refusal(wf: WeightFile, where: str, got: str, expected: str) -> str:
+    """Why a file with hash ``got`` (at ``where``) is refused."""
+    if wf.sha256 is not None:
+        return f"{where} has sha256 {got}, expected {expected} for {wf.name!r}: refusing it."
+    return (
+        f"{where} has sha256 {got}, but {wf.filename} was recorded with sha256 {expected} on "
+        f"first use ({record_path(wf)}): refusing it, as {wf.name!r} has no published hash and "
+        f"the file may have changed (at {wf.url} or here). To trust the new file, delete "
+        f"{record_path(wf)} and fetch again."
+    )
+
+
 def fetch(name: str, progressbar: bool = True) -> Path:
     """Local path of weights ``name``: the verified cached file, else copied from the mirror
     (``config.current().weights_url``), else downloaded with pooch unless offline."""
+    return _fetch(name, progressbar)[0]
+
+
+def _fetch(name: str, progressbar: bool = True) -> tuple[Path, str]:
+    """:func:`fetch`, with the sha256 the file was verified against (or recorded with)."""
     wf = weights_info(name)
     folder = home()
     path = folder / wf.filename
+    expected = expected_sha256(wf)
     if path.exists():
         got = sha256sum(path)
-        if got != wf.sha256:
+        if expected is None:  # trust on first use: a file put in the cache by hand
+            _record(wf, got, str(path))
+        elif got != expected:
             raise WeightsError(
-                f"{path} has sha256 {got}, expected {wf.sha256} for {name!r}: refusing it. "
-                f"Delete it or replace it with the file from {wf.url}"
+                _refusal(wf, str(path), got, expected)
+                + f" Delete it or replace it with the file from {wf.url}"
             )
-        return path
+        return path, got
     settings = config.current()
     why = ""
     if settings.weights_url:
-        if _copy_from_mirror(wf, path, settings):
-            return path
+        got = _copy_from_mirror(wf, path, settings, expected)
+        if got is not None:
+            return path, got
         why = f"not in the mirror {_mirror_file(wf, settings.weights_url)}; "
     if settings.offline:
         raise WeightsError(
             _missing_message(wf, path, why + "offline: FACEETL_OFFLINE or configure(offline=True)")
         )
     folder.mkdir(parents=True, exist_ok=True)
+    if wf.trust_on_first_use:
+        return path, _download_unpinned(wf, path, expected, why, progressbar)
     try:
-        got = pooch.retrieve(
+        got_path = pooch.retrieve(
             wf.url,
             known_hash=f"sha256:{wf.sha256}",
             fname=wf.filename,
@@ -142,7 +231,48 @@ def fetch(name: str, progressbar: bool = True) -> Path:
         ) from e
     except Exception as e:  # network errors: requests/urllib raise many kinds
         raise WeightsError(_missing_message(wf, path, f"{why}download failed: {e}")) from e
-    return Path(got)
+    return Path(got_path), str(wf.sha256)
+
+
+def _download_unpinned(
+    wf: WeightFile, path: Path, expected: str | None, why: str, progressbar: bool
+) -> str:
+    """Download a trust-on-first-use file to a temporary name, check it (not a web page; the
+    recorded hash if there is one), then move it to ``path`` and record its hash if new."""
+    tmp_name = f".{wf.filename}.download-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp = Path(
+            pooch.retrieve(
+                wf.url, known_hash=None, fname=tmp_name, path=path.parent, progressbar=progressbar
+            )
+        )
+    except Exception as e:  # network errors: requests/urllib raise many kinds
+        (path.parent / tmp_name).unlink(missing_ok=True)
+        raise WeightsError(_missing_message(wf, path, f"{why}download failed: {e}")) from e
+    try:
+        if _is_web_page(tmp):
+            raise WeightsError(
+                f"download of {wf.filename} from {wf.url} is a web page, not the weights (the "
+                f"host may want a confirmation or have hit a quota): refused, no hash recorded. "
+                f"Download the file in a browser and put it at {path}"
+            )
+        got = sha256sum(tmp)
+        if expected is not None and got != expected:
+            raise WeightsError(_refusal(wf, f"the download from {wf.url}", got, expected))
+        if expected is None:
+            _record(wf, got, wf.url)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return got
+
+
+def _is_web_page(path: Path) -> bool:
+    """True when the file starts like an HTML document (what file hosts send instead of a file
+    they will not serve directly)."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
 
 
 def _mirror_file(wf: WeightFile, mirror: str) -> str:
@@ -152,33 +282,47 @@ def _mirror_file(wf: WeightFile, mirror: str) -> str:
     return storage.join(mirror, wf.filename)
 
 
-def _copy_from_mirror(wf: WeightFile, path: Path, settings: config.Settings) -> bool:
-    """Copy ``wf`` from the mirror to ``path``, verified before it is written (atomically):
-    True when copied, False when the mirror lacks the file."""
+def _copy_from_mirror(
+    wf: WeightFile, path: Path, settings: config.Settings, expected: str | None
+) -> str | None:
+    """Copy ``wf`` from the mirror to ``path``, verified against ``expected`` before it is
+    written (atomically; ``None``: trusted on first use and recorded): its sha256 when copied,
+    None when the mirror lacks the file."""
     src = _mirror_file(wf, str(settings.weights_url))
     try:
         data = storage.read_bytes(src, settings.weights_storage_options)
     except FileNotFoundError:
-        return False
+        return None
     except Exception as e:  # permissions, credentials, network: a broken mirror is not skipped
         raise WeightsError(
             f"cannot read weights {wf.name!r} from the mirror {src}: {type(e).__name__}: {e}"
         ) from e
     got = hashlib.sha256(data).hexdigest()
-    if got != wf.sha256:
+    if expected is not None and got != expected:
         raise WeightsError(
-            f"mirror file {src} has sha256 {got}, expected {wf.sha256} for {wf.name!r}: "
-            f"refusing it (nothing written to {path.parent}). Replace it in the mirror with "
-            f"the file from {wf.url}"
+            _refusal(wf, f"mirror file {src}", got, expected)
+            + f" Nothing written to {path.parent}. Replace it in the mirror with the file "
+            f"from {wf.url}"
         )
+    if expected is None:
+        _record(wf, got, src)
     storage.write_atomic(str(path), data)
-    return True
+    return got
 
 
 def _missing_message(wf: WeightFile, path: Path, why: str) -> str:
+    if wf.sha256 is not None:
+        hashed = f"sha256 {wf.sha256}"
+    else:
+        recorded = recorded_sha256(wf)
+        hashed = (
+            f"no published sha256; recorded on first use: {recorded}, in {record_path(wf)}"
+            if recorded
+            else f"no published sha256: the first file's is recorded in {record_path(wf)}"
+        )
     return (
         f"weights {wf.name!r} ({wf.filename}) are not in {path.parent} and could not be "
-        f"downloaded ({why}). Get {wf.url} (sha256 {wf.sha256}) and put it at {path}, "
+        f"downloaded ({why}). Get {wf.url} ({hashed}) and put it at {path}, "
         f"or point FACEETL_HOME at a folder that holds it, or set FACEETL_WEIGHTS_URL "
         f"(faceetl.config.configure(weights_url=...)) to a mirror folder or URL holding "
         f"{wf.filename}."
@@ -212,7 +356,9 @@ def cached_sha256(path: str) -> str:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A weight file on disk, its sha256 and its release record (None for a user's own file)."""
+    """A weight file on disk, its sha256 and its release record (None for a user's own file).
+
+    For a trust-on-first-use release ``sha256`` is the hash recorded on first use."""
 
     path: Path
     sha256: str
@@ -228,7 +374,8 @@ def resolve(weights: str | os.PathLike | None, default: str, what: str = "") -> 
     a registered release name -> that release, else a local file path (hashed)."""
     if weights is None or (isinstance(weights, str) and weights in _WEIGHTS):
         info = weights_info(default if weights is None else str(weights))
-        return Resolved(fetch(info.name), info.sha256, info)
+        path, sha = _fetch(info.name)
+        return Resolved(path, sha, info)
     path = Path(weights).expanduser()
     if not path.is_file():
         label = what or weights_info(default).description or default

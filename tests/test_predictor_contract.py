@@ -141,7 +141,7 @@ def crops_for(faces: pd.DataFrame, spec: AlignSpec | None) -> list[np.ndarray]:
             continue
         lm = np.asarray(row["landmarks"], np.float64).reshape(5, 2)
         box = row[["x1", "y1", "x2", "y2"]].to_numpy(float)
-        out.append(align_face(load_rgb(row["path"]), lm, box, spec)[0])
+        out.append(align_face(load_rgb(row["path"]), lm, box, spec, shape=row["shape"])[0])
     return out
 
 

@@ -175,7 +175,12 @@ def test_bad_input_and_params(dlib_emb) -> None:
     with pytest.raises(ValueError, match="unknown embedding network"):
         output_columns("embedding", network="vgg")
     cols = output_columns("embedding", network="facenet")
-    assert list(cols) == ["embedding_vector", "embedding_network", "embedding_provenance"]
+    assert list(cols) == [
+        "embedding_vector",
+        "embedding_vector_normalized",
+        "embedding_network",
+        "embedding_provenance",
+    ]
 
 
 # -- FaceNet: the real release file is not obtainable offline; its layout is

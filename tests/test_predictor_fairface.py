@@ -290,7 +290,9 @@ def test_predict_through_dask_pipeline(random_home, tmp_path):
     first = df[ok].iloc[0]
     lm = np.asarray(first["landmarks"], np.float64).reshape(5, 2)
     box = first[["x1", "y1", "x2", "y2"]].to_numpy(float)
-    chip, _, _ = align_face(load_rgb(first["path"]), lm, box, AlignSpec("dlib", 300, 0.25))
+    chip, _, _ = align_face(
+        load_rgb(first["path"]), lm, box, AlignSpec("dlib", 300, 0.25), shape=first["shape"]
+    )
     direct = FairFacePredictor(device="cpu").predict_batch([chip])
     np.testing.assert_allclose(
         first["fairface_race_probs"], direct["fairface_race_probs"][0], atol=1e-6

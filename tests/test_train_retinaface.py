@@ -246,6 +246,34 @@ def test_random_crop_keeps_faces_centred_inside() -> None:
     np.testing.assert_allclose(t2, targets)
 
 
+def test_crop_scale_is_drawn_as_the_reference_draws_it() -> None:
+    """Pytorch_Retinaface's ``_crop``: ``random.choice([0.3, 0.45, 0.6, 0.8, 1.0])``, each value
+    with p = 1/5, expectation (0.3 + 0.45 + 0.6 + 0.8 + 1.0) / 5 = 0.63; the old draw
+    (``continuous_scale=True``): 1.0 with p = 0.2, else uniform in 0.3-1, expectation
+    0.2 + 0.8 * 0.65 = 0.72."""
+    n = 20_000
+    rng = np.random.default_rng(0)
+    drawn = np.array([rt.draw_crop_scale(rng) for _ in range(n)])
+    assert rt.PRE_SCALES == (0.3, 0.45, 0.6, 0.8, 1.0)
+    values, counts = np.unique(drawn, return_counts=True)
+    assert tuple(values) == rt.PRE_SCALES
+    np.testing.assert_allclose(counts / n, 0.2, atol=0.012)  # binomial sd 0.0028
+    assert abs(drawn.mean() - 0.63) < 0.008  # sd of the mean 0.0018
+    old = np.array([rt.draw_crop_scale(rng, continuous_scale=True) for _ in range(n)])
+    assert old.min() >= 0.3 and old.max() == 1.0
+    assert abs((old == 1.0).mean() - 0.2) < 0.012 and len(np.unique(old)) > n * 0.7
+    assert abs(old.mean() - 0.72) < 0.008  # sd of the mean 0.0016
+    # random_crop's squares: the five sides of a 400-px short side, or any side with the option
+    image = np.zeros((400, 600, 3), np.uint8)
+    face = np.array([[280, 180, 320, 220] + [-1] * 10 + [-1]], np.float32)  # in every crop
+    sides = {rt.random_crop(image, face, 640, rng)[0].shape[0] for _ in range(300)}
+    assert sides == {120, 180, 240, 320, 400}
+    sides = {
+        rt.random_crop(image, face, 640, rng, continuous_scale=True)[0].shape[0] for _ in range(300)
+    }
+    assert len(sides) > 20 and min(sides) >= 120 and max(sides) == 400
+
+
 # ----------------------------------------------------------------------------- matching, loss
 
 

@@ -64,7 +64,7 @@ def test_every_registered_file_is_in_shared_with_its_hash():
     checked = 0
     for wf in list_weights():  # every release, whatever was imported before
         assert wf.url.startswith("https://"), wf
-        assert len(wf.sha256) == 64, wf
+        assert wf.trust_on_first_use or len(wf.sha256) == 64, wf  # FairFace: no published hash
         if wf.filename in shared:
             assert sha256sum(shared[wf.filename]) == wf.sha256, wf.name
             checked += 1

@@ -35,12 +35,18 @@ MIN_SIDE = 8
 
 @dataclass
 class Detections:
-    """The faces a backend found in one image."""
+    """The faces a backend found in one image.
+
+    ``shapes``: the backend's native landmarks where it has more (or others) than the five
+    ArcFace points, per face a (K, 2) float32 array in input pixels or None (dlib: its 68- or
+    5-point shape, which the dlib template aligns on as dlib does); None when it has none.
+    """
 
     boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2 in input pixels
     scores: np.ndarray  # (N,) float32
     landmarks: np.ndarray  # (N, 5, 2) float32, ArcFace order, NaN where unknown
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. "landmarks68": (N, 68, 2)
+    shapes: list[np.ndarray | None] | None = None  # per face (K, 2) float32 or None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -49,6 +55,14 @@ class Detections:
         if self.landmarks is None:
             self.landmarks = np.full((n, N_LANDMARKS, 2), np.nan, np.float32)
         self.landmarks = np.asarray(self.landmarks, dtype=np.float32).reshape(n, N_LANDMARKS, 2)
+        if self.shapes is not None:
+            shapes = list(self.shapes)
+            if len(shapes) != n:
+                raise ValueError(f"{len(shapes)} shapes for {n} faces")
+            self.shapes = [
+                None if s is None else np.asarray(s, dtype=np.float32).reshape(-1, 2)
+                for s in shapes
+            ]
 
     @classmethod
     def empty(cls) -> Detections:
@@ -59,14 +73,19 @@ class Detections:
 
     @classmethod
     def concat(cls, parts: list[Detections]) -> Detections:
-        """All faces of ``parts``, highest score first (extras kept where all parts have them)."""
+        """All faces of ``parts``, highest score first (extras kept where all parts have them,
+        shapes where any part has them)."""
         parts = [p for p in parts if len(p)] or [cls.empty()]
         keys = set.intersection(*(set(p.extra) for p in parts))
+        shapes = None
+        if any(p.shapes is not None for p in parts):
+            shapes = [s for p in parts for s in (p.shapes or [None] * len(p))]
         det = cls(
             np.concatenate([p.boxes for p in parts]),
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.landmarks for p in parts]),
             {k: np.concatenate([p.extra[k] for p in parts]) for k in keys},
+            shapes,
         )
         return det.select(np.argsort(-det.scores, kind="stable"))
 
@@ -81,11 +100,15 @@ class Detections:
     def select(self, keep: np.ndarray, boxes: np.ndarray | None = None) -> Detections:
         """The subset of faces where ``keep`` (bool mask or indices) is true."""
         b = self.boxes if boxes is None else boxes
+        shapes = None
+        if self.shapes is not None:
+            shapes = [self.shapes[i] for i in np.arange(len(self))[keep]]
         return Detections(
             b[keep],
             self.scores[keep],
             self.landmarks[keep],
             {k: v[keep] for k, v in self.extra.items()},
+            shapes,
         )
 
 

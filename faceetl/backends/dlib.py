@@ -11,6 +11,10 @@ Default HOG setting (upsample=1, raw threshold 0.15, i.e. score 0.537) was chose
 measurements: with raw threshold 0 the HOG detector reports a false face on skimage's astronaut
 (raw 0.117, upsample 1), while the weakest annotated face of dlib's PASCAL example images scores
 raw 0.22 (2007_007763.jpg). Without upsampling the 37-pixel faces of those images are missed.
+
+Landmarks: the ArcFace 5 points derived from the shape predictor's output, and the shape itself
+(68 or 5 whole-pixel points) in ``Detections.shapes``: the dlib template makes its chips from it
+exactly as ``dlib.get_face_chip`` does (FairFace's pipeline is ``detector="cnn", landmarks="5"``).
 """
 
 from __future__ import annotations
@@ -144,6 +148,7 @@ class DlibDetector(BaseDetector):
             "raw_score": raw.astype(np.float32),
             "detector_index": idx,
         }
+        shapes = None
         if self._predictor is not None:
             npts = int(self.landmarks)
             pts = np.zeros((n, npts, 2), np.float32)
@@ -152,7 +157,8 @@ class DlibDetector(BaseDetector):
                 pts[i] = [(p.x, p.y) for p in shape.parts()]
                 lms[i] = five_from_68(pts[i]) if npts == 68 else five_from_dlib5(pts[i])
             extra[f"landmarks{npts}"] = pts
-        det = Detections(boxes, _sigmoid(raw), lms, extra)
+            shapes = list(pts)  # the native shape: dlib chips are fitted on it
+        det = Detections(boxes, _sigmoid(raw), lms, extra, shapes)
         return det.select(np.argsort(-det.scores, kind="stable"))
 
     def _parameters(self) -> dict[str, Any]:

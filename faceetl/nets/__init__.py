@@ -14,7 +14,7 @@ import importlib
 from ..weights import WeightFile, registered_weights
 
 #: the modules that register weight releases
-RELEASE_MODULES = ("retinaface", "mtcnn", "bisenet", "inception_resnet_v1", "external")
+RELEASE_MODULES = ("retinaface", "mtcnn", "bisenet", "inception_resnet_v1", "fairface", "external")
 
 
 def list_weights() -> list[WeightFile]:

@@ -25,10 +25,13 @@ import numpy as np
 import pandas as pd
 
 from .. import config, schema, storage
-from ..align import AlignSpec, estimate_transform, warp
+from ..align import AlignSpec, crop_face, estimate_transform
 from ..backends.base import REGISTRY, Detections, get_backend
-from ..images import ImageError, encode_png, frame_path, load_image
+from ..images import ImageError, crop_extension, encode_crop, frame_path, load_image
+from ..predictors.base import REGISTRY as PREDICTORS
+from ..predictors.base import output_columns
 from .cluster import cpu_cores
+from .predict import predict_rows
 from .progress import compute_frame, images_planned, remember_images
 
 log = logging.getLogger(__name__)
@@ -140,7 +143,7 @@ def read_images(
     return remember_images(dd.from_pandas(df, npartitions=min(n, len(df)), sort=False), len(df))
 
 
-def crop_relpath(path: str, root: str | None, face: int) -> str:
+def crop_relpath(path: str, root: str | None, face: int, ext: str = "png") -> str:
     """Where a face crop goes, relative to the output folder: the input's relative layout.
 
     ``photos/a/b.jpg`` under root ``photos`` gives ``a/b.jpg.face0.png``. A path outside ``root``
@@ -156,8 +159,8 @@ def crop_relpath(path: str, root: str | None, face: int) -> str:
                 rel = key[len(r) + 1 :]
         parts = [p for p in (rel or key).split("/") if p not in ("", ".", "..")]
         if not parts:
-            return f"face{face}.png"
-        return posixpath.join(*parts[:-1], f"{parts[-1]}.face{face}.png")
+            return f"face{face}.{ext}"
+        return posixpath.join(*parts[:-1], f"{parts[-1]}.face{face}.{ext}")
     ap = os.path.abspath(path)
     rel = None
     if root:
@@ -168,7 +171,8 @@ def crop_relpath(path: str, root: str | None, face: int) -> str:
         drive, tail = os.path.splitdrive(ap)
         rel = os.path.join(drive.replace(":", ""), tail.lstrip(os.sep))
     parts = [p for p in Path(rel).parts if p not in ("", os.curdir, os.pardir, os.sep)]
-    return os.path.join(*parts[:-1], f"{parts[-1]}.face{face}.png") if parts else f"face{face}.png"
+    name = f"{parts[-1]}.face{face}.{ext}" if parts else f"face{face}.{ext}"
+    return os.path.join(*parts[:-1], name) if parts else name
 
 
 def _safe_join(out_dir: str, rel: str) -> str:
@@ -229,6 +233,7 @@ def _face_rows(
     crop_root: str | None,
     keep_crops: bool,
     storage_options: dict[str, Any] | None = None,
+    crop_format: str = "png",
 ) -> list[dict[str, Any]]:
     h, w = image.shape[:2]
     base = {**base, "image_width": w, "image_height": h}
@@ -238,12 +243,14 @@ def _face_rows(
     for k in range(len(det)):
         box = det.boxes[k]
         lm = det.landmarks[k]
-        m, method = estimate_transform(lm, box, spec)
-        crop = warp(image, m, spec.size)
-        png = encode_png(crop)
+        shapes = getattr(det, "shapes", None)
+        shape = None if shapes is None else shapes[k]
+        m, method = estimate_transform(lm, box, spec, shape)
+        png = encode_crop(crop_face(image, m, spec), crop_format)
         crop_path = None
         if crop_dir is not None:
-            crop_path = _safe_join(crop_dir, crop_relpath(path, crop_root, k))
+            rel = crop_relpath(path, crop_root, k, crop_extension(crop_format))
+            crop_path = _safe_join(crop_dir, rel)
             _write_crop(crop_path, png, storage_options)
         rows.append(
             {
@@ -255,6 +262,7 @@ def _face_rows(
                 "y2": float(box[3]),
                 "score": float(det.scores[k]),
                 "landmarks": [float(v) for v in lm.reshape(-1)],
+                "shape": None if shape is None else [float(v) for v in shape.reshape(-1)],
                 "crop": png if keep_crops else None,
                 "crop_path": crop_path,
                 "alignment": method,
@@ -307,6 +315,8 @@ def extract_partition(
     plugin: Any = None,
     storage_options: dict[str, Any] | None = None,
     settings: config.Settings | None = None,
+    crop_format: str = "png",
+    predictors: list[tuple[str, dict[str, Any], Any]] | None = None,
 ) -> pd.DataFrame:
     """Faces of one partition of paths (a pandas frame with a ``path`` column) in the schema.
 
@@ -317,7 +327,7 @@ def extract_partition(
     with config.applied(settings):
         return _extract_partition(
             part, backend, backend_params, spec, batch_size, crop_dir, crop_root, keep_crops,
-            max_pixels, plugin, storage_options,
+            max_pixels, plugin, storage_options, crop_format, predictors,
         )  # fmt: skip
 
 
@@ -333,11 +343,14 @@ def _extract_partition(
     max_pixels: int | None,
     plugin: Any,
     storage_options: dict[str, Any] | None,
+    crop_format: str,
+    predictors: list[tuple[str, dict[str, Any], Any]] | None = None,
 ) -> pd.DataFrame:
     """See :func:`extract_partition`.
 
     ``plugin``: the registry entry of a backend registered outside faceetl (see
-    ``Registry.plugin``), so that worker processes know it.
+    ``Registry.plugin``), so that worker processes know it. ``predictors``: (model, params,
+    plugin) run on each batch while its images are in memory (one decode per image).
     """
     carried_cols = [c for c in part.columns if c != "path"]
     if len(part) == 0:
@@ -355,7 +368,9 @@ def _extract_partition(
         rows.extend(new)
         origin.extend([i] * len(new))
 
+    predicted: dict[str, list[Any]] = {}
     for start in range(0, len(paths), batch_size):
+        first = len(rows)
         idx, images = [], []
         for i in range(start, min(start + batch_size, len(paths))):
             base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
@@ -387,18 +402,34 @@ def _extract_partition(
                         crop_root,
                         keep_crops,
                         storage_options,
-                    ),  # fmt: skip
+                        crop_format,
+                    ),
                 )
             except OutputError:
                 raise
             except Exception as e:
                 status = schema.error_status(f"alignment failed ({type(e).__name__}: {e})")
                 emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
+        if predictors:
+            in_memory = {paths[i]: im for i, im in zip(idx, images, strict=True)}
+            batch = predict_rows(
+                schema.frame(rows[first:]),
+                [(m, p) for m, p, _ in predictors],
+                in_memory,
+                plugins=[pl for _, _, pl in predictors],
+                storage_options=storage_options,
+            )
+            for c in batch.columns[len(schema.SCHEMA) :]:
+                predicted.setdefault(c, []).extend(batch[c].tolist())
         del images
     order = np.argsort(np.asarray(origin, dtype=np.int64), kind="stable")
     rows = [rows[j] for j in order]
     carried = part[carried_cols].iloc[[origin[j] for j in order]] if carried_cols else None
-    return schema.frame(rows, carried)
+    df = schema.frame(rows, carried)
+    for model, params, _ in predictors or []:
+        for c, dtype in output_columns(model, **params).items():
+            df[c] = pd.Series([predicted[c][j] for j in order], index=df.index, dtype=dtype)
+    return df
 
 
 def extract_faces(
@@ -413,6 +444,8 @@ def extract_faces(
     crop_root: str | os.PathLike | None = None,
     max_pixels: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    crop_format: str = "png",
+    predict: Sequence[str | tuple[str, dict[str, Any]]] | dict[str, dict[str, Any]] = (),
     **backend_params: Any,
 ) -> dd.DataFrame:
     """Lazy Dask DataFrame of detected, aligned faces (see :mod:`faceetl.schema` for columns).
@@ -421,9 +454,18 @@ def extract_faces(
     constructor (e.g. ``score_threshold=0.6``). With ``crop_dir`` (a folder or an fsspec URL) the
     crops are also written as PNG files there, mirroring the inputs' layout below ``crop_root``;
     ``keep_crops=False`` leaves the ``crop`` bytes out of the frame. ``storage_options`` are
-    those of the input and crop URLs.
+    those of the input and crop URLs. ``crop_format``: ``"png"`` (lossless, the default),
+    ``"jpeg"`` / ``"jpeg:85"`` (quality, default 95) or ``"webp"`` / ``"webp:90"`` (101:
+    lossless), for the ``crop`` bytes and the files.
+
+    ``predict``: predictors to run in the same pass, while each image is in memory (one decode
+    per image for detection, alignment and every predictor's own crop): model names, or
+    ``(name, params)`` pairs, or ``{name: params}``; their columns follow the others, as
+    :func:`faceetl.predict` adds them.
     """
     REGISTRY.check(backend, backend_params)  # unknown names fail here, not on the workers
+    crop_extension(crop_format)  # an unknown format fails here
+    models = _predictor_list(predict)
     if crop_dir is not None:
         check_writable(crop_dir, storage_options)
     spec = AlignSpec(template, size, padding)
@@ -434,6 +476,11 @@ def extract_faces(
     )
     carried = schema.check_carried(ddf.columns)
     meta = schema.meta(ddf._meta[carried])
+    for model, params, _ in models:
+        for c, dtype in output_columns(model, **params).items():
+            if c in meta.columns:
+                raise ValueError(f"column {c!r} of {model!r} clashes with another column")
+            meta[c] = pd.Series([], dtype=dtype)
     out = ddf.map_partitions(
         extract_partition,
         backend,
@@ -447,10 +494,25 @@ def extract_faces(
         plugin=REGISTRY.plugin(backend),
         storage_options=storage_options,
         settings=config.capture(),
+        crop_format=crop_format,
+        predictors=models or None,
         meta=meta,
         clear_divisions=True,
     )
     return remember_images(out, images_planned(ddf))
+
+
+def _predictor_list(predict: Any) -> list[tuple[str, dict[str, Any], Any]]:
+    """(model, params, plugin) of each predictor asked for, checked here (not on workers)."""
+    if isinstance(predict, str):
+        predict = [predict]
+    items = predict.items() if isinstance(predict, dict) else predict
+    out = []
+    for item in items:
+        model, params = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
+        PREDICTORS.check(model, params)
+        out.append((model, params, PREDICTORS.plugin(model)))
+    return out
 
 
 def compute(collection: Any, progress: bool = True, summarize: bool = True) -> Any:

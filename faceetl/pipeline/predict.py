@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import config, schema, storage
-from ..align import estimate_transform, warp
+from ..align import crop_face, estimate_transform
 from ..images import decode_png, load_image
 from ..predictors.base import REGISTRY, get_predictor, output_columns
 from .progress import images_planned, remember_images
@@ -30,13 +30,23 @@ def _crops_for(
     rows: np.ndarray,
     spec: Any,
     storage_options: dict[str, Any] | None = None,
+    images: dict[str, np.ndarray] | None = None,
 ) -> dict[int, np.ndarray | Exception]:
     """RGB crops for the ok rows of ``part`` (by position), as the predictor wants them.
 
     The stored crop is the ``crop`` bytes, else the file at ``crop_path``; an aligned crop is
-    made from the original at ``path``. Both may be URLs, read with ``storage_options``.
+    made from the original at ``path`` (on the face's native ``shape`` where the frame has one),
+    unless the stored crop was made with the same geometry (template, size, padding) and is
+    lossless: then it is used as it is and the original is not read again. ``images``: originals
+    already in memory (the fused form of :func:`faceetl.extract_faces`). Paths may be URLs,
+    read with ``storage_options``.
     """
     out: dict[int, np.ndarray | Exception] = {}
+    if spec is not None and images is None:
+        same = [i for i in rows if _stored_crop_fits(part, int(i), spec)]
+        if same:
+            out.update(_crops_for(part, np.asarray(same), None, storage_options))
+            rows = np.asarray([i for i in rows if int(i) not in out])
     if spec is None:
         for i in rows:
             try:
@@ -50,7 +60,10 @@ def _crops_for(
     paths = part["path"].iloc[rows]
     for path, idx in pd.Series(rows, index=paths.values).groupby(level=0, sort=False):
         try:
-            image = load_image(path, storage_options=storage_options)
+            if images is not None and path in images:
+                image = images[path]
+            else:
+                image = load_image(path, storage_options=storage_options)
         except Exception as e:
             out.update({int(i): e for i in idx})
             continue
@@ -58,9 +71,50 @@ def _crops_for(
             lm = part["landmarks"].iloc[i]
             box = schema.boxes_array(part.iloc[[i]])[0]
             lm = None if lm is None else np.asarray(lm, np.float64).reshape(5, 2)
-            m, _ = estimate_transform(lm, box, spec)
-            out[int(i)] = warp(image, m, spec.size)
+            # the backend's native shape (dlib's 68 or 5 points): dlib chips are fitted on it
+            shape = part["shape"].iloc[i] if "shape" in part.columns else None
+            m, _ = estimate_transform(lm, box, spec, shape)
+            out[int(i)] = crop_face(image, m, spec)
     return out
+
+
+def _stored_crop_fits(part: pd.DataFrame, i: int, spec: Any) -> bool:
+    """True when row ``i``'s stored crop was made with ``spec``'s geometry and is lossless PNG."""
+    if "provenance" not in part.columns:
+        return False
+    crop = part["crop"].iloc[i] if "crop" in part.columns else None
+    has_bytes = crop is not None and crop is not pd.NA and not isinstance(crop, float)
+    if has_bytes:
+        if not bytes(crop[:4]).startswith(b"\x89PNG"):
+            return False
+    else:
+        path = part["crop_path"].iloc[i] if "crop_path" in part.columns else None
+        if not isinstance(path, str) or not path.endswith(".png"):
+            return False
+    try:
+        made = json.loads(part["provenance"].iloc[i] or "{}").get("align", {})
+    except (TypeError, ValueError):
+        return False
+    want = {"template": spec.template, "size": spec.size, "padding": spec.padding}
+    return {k: made.get(k) for k in want} == want
+
+
+def predict_rows(
+    frame: pd.DataFrame,
+    models: list[tuple[str, dict[str, Any]]],
+    images: dict[str, np.ndarray],
+    batch_size: int = 32,
+    plugins: list[Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """``frame`` with every model's columns, the crops made from ``images`` in memory (the
+    originals of the frame's paths): one decode per image for detection and all predictions."""
+    for k, (model, params) in enumerate(models):
+        plugin = None if plugins is None else plugins[k]
+        frame = _predict_partition(
+            frame, model, params, batch_size, plugin, storage_options, images=images
+        )
+    return frame
 
 
 def predict_partition(
@@ -90,6 +144,7 @@ def _predict_partition(
     batch_size: int,
     plugin: Any,
     storage_options: dict[str, Any] | None,
+    images: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     REGISTRY.ensure(plugin)
     cols = output_columns(model, **params)
@@ -99,7 +154,7 @@ def _predict_partition(
     if len(ok):
         predictor = get_predictor(model, **params)
         prov = json.dumps(predictor.provenance(), sort_keys=True, default=str)
-        crops = _crops_for(part, ok, predictor.align, storage_options)
+        crops = _crops_for(part, ok, predictor.align, storage_options, images)
         good = [i for i in ok if not isinstance(crops[i], Exception)]  # unreadable: left empty
         for s in range(0, len(good), batch_size):
             chunk = good[s : s + batch_size]

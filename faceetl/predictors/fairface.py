@@ -5,10 +5,13 @@ The released models are torchvision ResNet-34s whose ``fc`` has 18 outputs: ``[:
 18-output head, of which FairFace uses only ``[:4]``; so ``races=4`` gives the race columns only.
 
 Input: the dlib face chip FairFace was trained on (``dlib.get_face_chips(size=300,
-padding=0.25)``), which faceetl makes from any backend's landmarks (``align``), resized to
-224x224 the way torchvision's ``Resize((224, 224))`` does it on a PIL image (PIL bilinear, which
-antialiases when shrinking), scaled to [0, 1] and normalised with the ImageNet mean/std.
-Each head's logits go through a softmax, the label is its argmax.
+padding=0.25)`` of dlib's 5-point shapes), which faceetl makes with dlib's own geometry and
+extraction (``align``: the dlib template, see :mod:`faceetl.align`): from the frame's ``shape``
+where the backend gave one (the dlib backend: its 68- or 5-point shape; with ``landmarks="5"``
+the chip is FairFace's own, bit for bit), else from the 5 ArcFace landmarks placed on dlib's mean
+face. The chip is resized to 224x224 the way torchvision's ``Resize((224, 224))`` does it on a
+PIL image (PIL bilinear, which antialiases when shrinking), scaled to [0, 1] and normalised with
+the ImageNet mean/std. Each head's logits go through a softmax, the label is its argmax.
 
 Release files (Google Drive folder linked from FairFace's README; none are on GitHub):
 
@@ -19,10 +22,14 @@ Release files (Google Drive folder linked from FairFace's README; none are on Gi
   repo's ``test_outputs.csv`` takes its ``race4`` column from ``fairface_alldata_4race_20191111.pt``
   (predict.py at commit dd0f2886).
 
-No sha256 of these files is published anywhere we could find, so they are not pinned: faceetl
-never downloads them; put the file in ``FACEETL_HOME`` (or pass ``weights=`` a path) and its
-sha256 is computed, logged and written to the provenance. Filling in ``sha256`` below registers
-the file with :mod:`faceetl.weights` and from then on it is fetched and verified like any other.
+No sha256 of these files is published anywhere we could find. The default file
+(``res34_fair_align_multi_7_20190809.pt``, the one the authors' README once linked directly) is
+downloaded on first use and trusted on first use (:mod:`faceetl.nets.fairface`,
+:mod:`faceetl.weights`): its sha256 is recorded in ``FACEETL_HOME`` and any different file is
+refused afterwards; the recorded hash is in the provenance. The other three have no direct link:
+put the file in ``FACEETL_HOME`` (or pass ``weights=`` a path) and its sha256 is computed, logged
+and written to the provenance. Filling in ``sha256`` below registers a file with
+:mod:`faceetl.weights` and from then on it is fetched and verified like any other.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from PIL import Image
 
 from ..align import AlignSpec
 from ..nets.fairface import load_model
-from ..weights import WeightsError, home, register_weights, resolve
+from ..weights import WeightsError, home, register_weights, registered_weights, resolve
 from .base import check_crops, default_device, register_predictor
 
 log = logging.getLogger(__name__)
@@ -78,7 +85,7 @@ class Release:
     name: str
     filename: str
     races: int
-    sha256: str | None = None  # None: no published hash found, so not pinned
+    sha256: str | None = None  # None: no published hash found (not pinned; see the docstring)
     url: str = DRIVE_FOLDER
 
 
@@ -111,17 +118,23 @@ def release_for(races: int = 7, release: str = "20190809") -> Release:
         ) from None
 
 
+def downloadable(rel: Release) -> bool:
+    """Whether ``rel`` has a weights record (pinned, or trusted on first use) to fetch it by."""
+    return any(wf.name == rel.name for wf in registered_weights())
+
+
 def weights_path(rel: Release) -> Path:
-    """Local path of a release file: fetched and verified where pinned, else from FACEETL_HOME."""
-    if rel.sha256:
+    """Local path of a release file: fetched and verified where it has a weights record (pinned
+    or trusted on first use), else looked up in FACEETL_HOME."""
+    if downloadable(rel):
         return resolve(None, rel.name).path
     path = home() / rel.filename
     if not path.is_file():
         raise WeightsError(
             f"FairFace weights {rel.filename} are not in {path.parent}. faceetl does not download "
-            f"them (no published sha256 to verify them by): get {rel.filename} from the FairFace "
-            f"models folder {rel.url} and put it at {path}, point FACEETL_HOME at a folder that "
-            f"holds it, or pass weights='/path/to/{rel.filename}'."
+            f"this file (the authors link their folder, not the file): get {rel.filename} from "
+            f"the FairFace models folder {rel.url} and put it at {path}, point FACEETL_HOME at a "
+            f"folder that holds it, or pass weights='/path/to/{rel.filename}'."
         )
     return path
 
@@ -198,8 +211,8 @@ class FairFacePredictor:
         self.races = self.release.races
         self.labels = RACES_7 if self.races == 7 else RACES_4
         rel = self.release
-        # a pinned release is fetched and verified; an unpinned one is looked up in FACEETL_HOME
-        source = weights if weights is not None or rel.sha256 else weights_path(rel)
+        # a release with a record is fetched and verified; one without is looked up in FACEETL_HOME
+        source = weights if weights is not None or downloadable(rel) else weights_path(rel)
         self.weights = resolve(source, rel.name, "FairFace")
         self.weights_file, self.weights_sha256 = self.weights.path.name, self.weights.sha256
         if self.weights.release is None:
@@ -238,16 +251,24 @@ class FairFacePredictor:
         return res
 
     def provenance(self) -> dict[str, Any]:
-        """Model name, parameters and the sha256 of the weight file loaded."""
+        """Model name, parameters and the sha256 of the weight file loaded (for a file trusted on
+        first use, the hash recorded then)."""
+        pinned = self.weights.release
         return {
             "model": self.name,
             "architecture": "torchvision resnet34, fc 512->18",
             "races": self.races,
             "release": next(k[0] for k, r in RELEASES.items() if r == self.release),
-            "align": {"template": "dlib", "size": 300, "padding": 0.25},
+            "align": {
+                "template": "dlib",
+                "size": 300,
+                "padding": 0.25,
+                "geometry": "dlib get_face_chip_details + extract_image_chip",
+            },
             "resize": "PIL bilinear 224x224",
             "weights": self.weights.provenance(),
-            "weights_pinned": self.weights.release is not None,
+            "weights_pinned": pinned is not None and pinned.sha256 is not None,
+            "weights_trust_on_first_use": pinned is not None and pinned.trust_on_first_use,
             "device": self.device,
         }
 

@@ -9,10 +9,10 @@ Annotations are read by :mod:`faceetl.datasets` (re-exported here): the official
 layout with five landmarks (:func:`read_retinaface_labels`) or dlib imglab XML
 (:func:`read_dlib_xml`, 68 points reduced to the five). :class:`RetinaFaceDataset` (:mod:`.data`)
 takes the parsed annotations and an image root, applies the published training augmentation
-(:mod:`.augmentation`: random square crop, photometric distortion, mirror with landmark swap,
-resize to 640 / 840, BGR mean subtraction) and gives ``(image, targets)`` with targets
-``(N, 15)``: x1 y1 x2 y2, ten landmark coordinates (all normalised to [0, 1]) and a label (1: the
-face has landmarks, -1: it has not).
+(:mod:`.augmentation`: random square crop of 0.3, 0.45, 0.6, 0.8 or 1 times the short side,
+photometric distortion, mirror with landmark swap, resize to 640 / 840, BGR mean subtraction)
+and gives ``(image, targets)`` with targets ``(N, 15)``: x1 y1 x2 y2, ten landmark coordinates
+(all normalised to [0, 1]) and a label (1: the face has landmarks, -1: it has not).
 
 The loss (:mod:`.loss`) is the multibox loss of the reference code: priors matched to faces at
 IoU 0.35 (each face also gets its best prior), offsets encoded with variances (0.1, 0.2)
@@ -40,8 +40,10 @@ from ...datasets.wider import (
 from ...nets.nms import box_iou
 from ...nets.retinaface_priors import encode, encode_landm, match, normalised_priors, point_form
 from .augmentation import (
+    PRE_SCALES,
     augment,
     distort,
+    draw_crop_scale,
     matrix_iof,
     mirror,
     pad_to_square,
@@ -55,6 +57,7 @@ from .model import infer_network, load_init, load_model, resolve_init
 from .schedule import PUBLISHED, default_milestones, learning_rate
 
 __all__ = [
+    "PRE_SCALES",
     "PUBLISHED",
     "WIDER_ATTRIBUTES",
     "ImageAnnotation",
@@ -68,6 +71,7 @@ __all__ = [
     "default_image_root",
     "default_milestones",
     "distort",
+    "draw_crop_scale",
     "encode",
     "encode_landm",
     "evaluate_loss",

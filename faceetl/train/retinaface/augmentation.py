@@ -2,6 +2,11 @@
 square crop, photometric distortion, mirroring with the landmark pairs swapped, resizing with a
 random interpolation and BGR mean subtraction; :func:`preprocess` is the deterministic variant.
 
+The crop's side is drawn as the reference's ``_crop`` draws it: ``random.choice`` of
+:data:`PRE_SCALES` (0.3, 0.45, 0.6, 0.8, 1.0) times the short side, each with p = 1/5, mean
+0.63. ``continuous_scale=True`` gives the draw in the reference's commented-out code instead
+(1.0 with p = 0.2, else uniform in 0.3-1; mean 0.72), which faceetl used before.
+
 Targets are ``(N, 15)`` rows: x1 y1 x2 y2, ten landmark coordinates and a label (1: the face has
 landmarks, -1: it has not), in pixels in, normalised to the square's side out.
 """
@@ -14,6 +19,9 @@ import cv2
 import numpy as np
 
 from ...nets.retinaface import MEAN_BGR
+
+#: the crop scales the reference draws from, uniformly (``data_augment._crop``'s PRE_SCALES)
+PRE_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 
 _INTERPOLATIONS = (
     cv2.INTER_LINEAR,
@@ -33,6 +41,15 @@ def matrix_iof(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area[:, None], 1)
 
 
+def draw_crop_scale(rng: np.random.Generator, continuous_scale: bool = False) -> float:
+    """The side of a crop relative to the image's short side: one of :data:`PRE_SCALES` with
+    equal chances (the reference), or with ``continuous_scale`` 1.0 with p = 0.2 else uniform in
+    0.3-1 (the reference's commented-out draw)."""
+    if continuous_scale:
+        return 1.0 if rng.uniform() <= 0.2 else float(rng.uniform(0.3, 1.0))
+    return PRE_SCALES[int(rng.integers(len(PRE_SCALES)))]
+
+
 def random_crop(
     image: np.ndarray,
     targets: np.ndarray,
@@ -40,8 +57,9 @@ def random_crop(
     rng: np.random.Generator,
     min_face: float = 0.0,
     tries: int = 250,
+    continuous_scale: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """A random square crop (side 0.3 .. 1 of the short side; the whole side with p = 0.2).
+    """A random square crop, its side drawn by :func:`draw_crop_scale` (``continuous_scale``).
 
     A crop is accepted when it wholly contains one face at least; the faces whose centres are
     strictly inside are kept (clipped to it, landmarks clamped into it), those smaller than
@@ -55,8 +73,7 @@ def random_crop(
     boxes = targets[:, :4]
     short = min(width, height)
     for _ in range(tries):
-        scale = 1.0 if rng.uniform() <= 0.2 else rng.uniform(0.3, 1.0)
-        side = int(scale * short)
+        side = int(draw_crop_scale(rng, continuous_scale) * short)
         if side < 1:
             continue
         left = 0 if width == side else int(rng.integers(width - side))
@@ -156,10 +173,13 @@ def augment(
     rng: np.random.Generator,
     mean: Sequence[float] = MEAN_BGR,
     min_face: float = 0.0,
+    continuous_scale: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training transform (crop, distort, pad, mirror, resize, mean): CHW float32, targets
-    normalised to the square's side."""
-    image, t, pad = random_crop(image, targets, image_size, rng, min_face)
+    normalised to the square's side. ``continuous_scale``: see :func:`draw_crop_scale`."""
+    image, t, pad = random_crop(
+        image, targets, image_size, rng, min_face, continuous_scale=continuous_scale
+    )
     image = distort(image, rng)
     if pad:
         image = pad_to_square(image, mean)
@@ -180,8 +200,10 @@ def preprocess(
 
 
 __all__ = [
+    "PRE_SCALES",
     "augment",
     "distort",
+    "draw_crop_scale",
     "matrix_iof",
     "mirror",
     "pad_to_square",

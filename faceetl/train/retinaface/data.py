@@ -39,7 +39,9 @@ class RetinaFaceDataset(Dataset):
     Images are BGR with ``mean`` subtracted, as the released models take them. With ``augment``
     each item is randomly transformed (:func:`~.augmentation.augment`), reproducibly from
     ``(seed, epoch, index)``; set ``epoch`` with :meth:`set_epoch`. Without, it is padded square
-    and resized (:func:`~.augmentation.preprocess`).
+    and resized (:func:`~.augmentation.preprocess`). The crop scale is drawn from the reference's
+    five values; ``continuous_scale=True`` draws it as faceetl did before
+    (:func:`~.augmentation.draw_crop_scale`).
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class RetinaFaceDataset(Dataset):
         min_face: float = 0.0,
         skip_empty: bool = False,
         seed: int = 0,
+        continuous_scale: bool = False,
     ) -> None:
         if isinstance(annotations, (str, os.PathLike)):
             warnings.warn(
@@ -67,6 +70,7 @@ class RetinaFaceDataset(Dataset):
         self.mean = tuple(float(m) for m in mean)
         self.min_face = float(min_face)
         self.seed = int(seed)
+        self.continuous_scale = bool(continuous_scale)
         self.epoch = 0
         self.items: list[tuple[str, np.ndarray]] = []
         dropped = 0
@@ -112,7 +116,9 @@ class RetinaFaceDataset(Dataset):
         image, t = self.load(index)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            x, t = augment(image, t, self.image_size, rng, self.mean, self.min_face)
+            x, t = augment(
+                image, t, self.image_size, rng, self.mean, self.min_face, self.continuous_scale
+            )
         else:
             x, t = preprocess(image, t, self.image_size, self.mean)
         return torch.from_numpy(x), torch.from_numpy(t)
