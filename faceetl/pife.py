@@ -148,6 +148,10 @@ class Pife:
         out = Output(os.fspath(output_dir), storage_options)
         check_writable(out.url, storage_options)  # an unwritable output stops the run here
         todo = _inputs(paths, self.partition_size, storage_options)
+        repeated = todo["path"].duplicated()
+        if repeated.any():  # a path is the dataset's key: it is done once, its first row's labels
+            log.warning("%d paths are given more than once: each is done once", repeated.sum())
+            todo = todo[~repeated].reset_index(drop=True)
         inside = todo["path"].map(lambda p: storage.under(p, out.url))
         if inside.any():
             log.warning("%d files under the output folder %s are not inputs", inside.sum(), out.url)

@@ -342,3 +342,11 @@ def test_a_killed_driver_loses_only_partitions_in_flight(tmp_path, moment):
     assert rest == referenced
     assert not any(".tmp-" in f for f in _files(out))
     assert all(n.startswith("part-") or n == "_faceetl.json" for n in os.listdir(parts))
+
+
+def test_a_path_given_twice_is_done_once(tmp_path):
+    paths = _photos(tmp_path / "in")[:2]
+    with dask.config.set(**THREADS):
+        faces = _pife().extract(paths + paths[:1], tmp_path / "out").compute()
+    assert sorted(faces["path"]) == sorted(paths)
+    assert not faces.duplicated(["path", "face"]).any()
