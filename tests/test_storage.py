@@ -350,3 +350,12 @@ def test_a_path_given_twice_is_done_once(tmp_path):
         faces = _pife().extract(paths + paths[:1], tmp_path / "out").compute()
     assert sorted(faces["path"]) == sorted(paths)
     assert not faces.duplicated(["path", "face"]).any()
+
+
+def test_the_s3_lock_is_created_exclusively(s3):
+    """Two runs racing past the holder check: the conditional PUT lets one create the lock."""
+    out = Output(f"{s3['bucket']}/out", s3["storage_options"])
+    first, second = Lock(out), Lock(Output(out.url, s3["storage_options"]))
+    assert first._create() is True
+    assert second._create() is False
+    assert first.holder()["run"] == first.run

@@ -184,10 +184,9 @@ def _version() -> str:
 class Lock:
     """The output's run lock: one run writes at a time; a killed run's lock is taken over.
 
-    Local outputs create the lock file exclusively; object stores have no exclusive create, so
-    the lock is written and read back (a second run starting in the same instant is refused by
-    the read-back). A lock is dead when its process is gone (same host) or its heartbeat is
-    older than ``STALE_AFTER_S`` (another host).
+    The lock file is created exclusively (locally, and on object stores with a conditional PUT;
+    a store without one writes and reads back). A lock is dead when its process is gone (same
+    host) or its heartbeat is older than ``STALE_AFTER_S`` (another host).
     """
 
     def __init__(self, out: Output) -> None:
@@ -207,24 +206,41 @@ class Lock:
         if held is not None:
             log.warning("taking over the lock of a run that stopped: %s", held)
             self.out.remove([LOCK])
-        if storage.is_url(self.out.url):
-            self.out.write(LOCK, self._payload())
-            time.sleep(0.2)  # let a racing writer land, then see whose lock stands
-            held = self.holder()
-            if held is None or held.get("run") != self.run:
-                raise ConcurrentRunError(_busy_message(self.out, held or {}))
-        else:
+        if not self._create():
+            raise ConcurrentRunError(_busy_message(self.out, self.holder() or {}))
+        self._thread = threading.Thread(target=self._beat, name="faceetl-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _create(self) -> bool:
+        """Write the lock file only if there is none; False if another run's is there.
+
+        Local: an exclusive create. Object stores: a conditional PUT (``If-None-Match: *``,
+        fsspec's ``mode="create"``); where the store cannot do that, the lock is written and
+        read back after a moment, and the run whose lock stands wins.
+        """
+        if not storage.is_url(self.out.url):
             path = storage.local_path(self.out.path(LOCK))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                raise ConcurrentRunError(_busy_message(self.out, self.holder() or {})) from None
+                return False
             with os.fdopen(fd, "wb") as f:
                 f.write(self._payload())
-        self._thread = threading.Thread(target=self._beat, name="faceetl-lock", daemon=True)
-        self._thread.start()
-        return self
+            return True
+        fs, path = storage.filesystem(self.out.path(LOCK), self.out.storage_options)
+        try:
+            fs.pipe_file(path, self._payload(), mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except (TypeError, NotImplementedError, ValueError):  # no conditional writes here
+            pass
+        self.out.write(LOCK, self._payload())
+        time.sleep(0.2)  # let a racing writer land, then see whose lock stands
+        held = self.holder()
+        return held is not None and held.get("run") == self.run
 
     def holder(self) -> dict[str, Any] | None:
         data = self.out.read(LOCK)
