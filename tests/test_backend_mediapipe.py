@@ -280,3 +280,15 @@ def test_metadata_writer_refuses_a_second_patch():
     assert patched[4:8] == b"TFL3" and b"TFLITE_METADATA" in patched
     with pytest.raises(ValueError, match="already has"):
         with_task_metadata(patched)
+
+
+def test_full_range_model_warns_once_not_46_times():
+    """LiteRT logs a sparsity warning per sparse tensor from C++; it comes out once, counted."""
+    import subprocess
+    import sys
+
+    code = "import faceetl; faceetl.get_backend('mediapipe', model='full')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sparsity = [line for line in r.stderr.splitlines() if "Sparsity tensors" in line]
+    assert len(sparsity) == 1 and sparsity[0].endswith(")") and "(x" in sparsity[0], sparsity

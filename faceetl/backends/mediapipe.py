@@ -29,9 +29,15 @@ overlapping detection keeps its first-pass box and keypoints (``extra["refined"]
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import logging
+import os
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -186,7 +192,8 @@ class MediaPipeDetector(BaseDetector):
             min_detection_confidence=self.score_threshold,
             min_suppression_threshold=self.nms_threshold,
         )
-        det = vision.FaceDetector.create_from_options(options)
+        with _repeats_collapsed():  # LiteRT warns once per sparse tensor: 46 times for "full"
+            det = vision.FaceDetector.create_from_options(options)
         log.debug("mediapipe %s FaceDetector loaded (%s)", self._mp_version, wf.filename)
         return det
 
@@ -292,3 +299,33 @@ class MediaPipeDetector(BaseDetector):
             self.close()
         except Exception:  # interpreter shutdown: nothing left to release
             pass
+
+
+@contextlib.contextmanager
+def _repeats_collapsed() -> Iterator[None]:
+    """Capture what native code writes to the process's stderr (file descriptor 2) meanwhile,
+    then write it back with each repeated line once, followed by how many times it came.
+
+    LiteRT logs from C++ straight to the descriptor, past Python's ``sys.stderr`` and its
+    ``logging``, and has no switch to quiet it; nothing is dropped, only repeats are counted.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines = tmp.read().decode("utf-8", "replace").splitlines()
+            counts = collections.Counter(lines)
+            out = []
+            for line in dict.fromkeys(lines):  # first appearance order
+                n = counts[line]
+                out.append(line if n == 1 else f"{line} (x{n})")
+            if out:
+                sys.stderr.write("\n".join(out) + "\n")
+                sys.stderr.flush()
