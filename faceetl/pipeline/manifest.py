@@ -173,9 +173,12 @@ def record_weights(out: Output, record: dict[str, Any], weights: dict[str, str])
 
 
 def _version() -> str:
-    from .. import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("faceetl")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "unknown"
 
 
 # -- the lock -----------------------------------------------------------------------------------
