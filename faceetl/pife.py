@@ -17,7 +17,6 @@ from .images import crop_extension
 from .pipeline.cluster import cluster, in_worker_process
 from .pipeline.extract import check_writable, common_root, compute, read_images
 from .pipeline.manifest import (
-    COUNTS,
     MANIFEST,
     ConcurrentRunError,
     Lock,
@@ -32,7 +31,7 @@ from .pipeline.manifest import (
     recover,
     target_schema,
 )
-from .pipeline.progress import remember_images, summary
+from .pipeline.progress import COUNTS, remember_images, summary
 from .schema import read_faces
 
 log = logging.getLogger(__name__)

@@ -117,13 +117,6 @@ def write_atomic(url: str, data: bytes, storage_options: dict[str, Any] | None =
     fs.pipe_file(path, data)
 
 
-def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
-    if not is_url(url):
-        return os.path.lexists(local_path(url))
-    fs, path = filesystem(url, storage_options)
-    return fs.exists(path)
-
-
 def remove(urls: Sequence[str], storage_options: dict[str, Any] | None = None) -> None:
     """Delete files (missing ones are fine)."""
     for url in urls:
@@ -135,14 +128,6 @@ def remove(urls: Sequence[str], storage_options: dict[str, Any] | None = None) -
                 fs.rm_file(path)
         except FileNotFoundError:
             pass
-
-
-def glob(pattern: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Files matching ``pattern`` (a glob with ``*``), as full paths/URLs, sorted."""
-    if not is_url(pattern):
-        return sorted(f for f in _glob.glob(local_path(pattern)) if not os.path.isdir(f))
-    fs, path = filesystem(pattern, storage_options)
-    return sorted(fs.unstrip_protocol(p) for p in fs.glob(path) if not fs.isdir(p))
 
 
 def list_files(

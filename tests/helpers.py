@@ -124,3 +124,27 @@ def make_bad_inputs(folder) -> dict[str, object]:
     out["unicode"] = uni
     out["missing"] = folder / "does_not_exist.jpg"
     return out
+
+
+def bad_input_files(folder) -> list[Path]:
+    """The files among :func:`make_bad_inputs` (what a decoder is handed as bytes)."""
+    return [v for v in make_bad_inputs(folder).values() if isinstance(v, Path) and v.is_file()]
+
+
+def decoded_pairs(paths, decoded) -> list[tuple[Path, object, np.ndarray]]:
+    """Check ``decoded`` (one entry per path, as ``faceetl.batched.decode_jpegs`` returns)
+    against the CPU decoder: an input it refuses must come back as the same ImageError. Returns
+    (path, decoded tensor, CPU RGB array) of the others, for the caller's pixel check."""
+    from faceetl.images import ImageError, load_image
+
+    assert len(decoded) == len(paths)
+    pairs = []
+    for p, g in zip(paths, decoded, strict=True):
+        try:
+            want = load_image(p)
+        except ImageError as e:
+            assert isinstance(g, ImageError) and str(g) == str(e), p
+            continue
+        assert not isinstance(g, Exception), (p, g)
+        pairs.append((p, g, want))
+    return pairs

@@ -10,8 +10,8 @@ from PIL import Image, ImageOps
 from faceetl import align
 from faceetl.backends.base import get_backend
 from faceetl.batched import _orient, decode_jpegs, pad_batch, warp_faces
-from faceetl.images import ImageError, load_image
-from helpers import IMAGES, make_bad_inputs
+from faceetl.images import load_image
+from helpers import IMAGES, bad_input_files, decoded_pairs
 
 PHOTOS = sorted((IMAGES / "group").glob("*.jpg"))[:4] + sorted((IMAGES / "single").glob("*.jpg"))
 
@@ -75,20 +75,7 @@ def test_exif_orientation_matches_pil(orientation):
 
 def test_decode_loses_no_image(tmp_path):
     """Every input comes back decoded (as the CPU decoder decodes it) or as its ImageError."""
-    bad = {
-        k: v
-        for k, v in make_bad_inputs(tmp_path).items()
-        if hasattr(v, "is_file") and v.is_file()  # files: their bytes are what is decoded
-    }
-    paths = [*bad.values(), *PHOTOS[:2]]
-    datas = [p.read_bytes() for p in paths]
-    got = decode_jpegs(datas, device="cpu")
-    assert len(got) == len(paths)
-    for p, g in zip(paths, got, strict=True):
-        try:
-            want = load_image(p)
-        except ImageError as e:
-            assert isinstance(g, ImageError) and str(g) == str(e), p
-            continue
+    paths = [*bad_input_files(tmp_path), *PHOTOS[:2]]
+    for p, g, want in decoded_pairs(paths, decode_jpegs([p.read_bytes() for p in paths], "cpu")):
         assert isinstance(g, torch.Tensor), p
         np.testing.assert_array_equal(g.permute(1, 2, 0).numpy(), want)

@@ -54,18 +54,11 @@ def test_nvjpeg_decode_loses_nothing(tmp_path) -> None:
     decoded as the CPU path decodes it (JPEG decoders may differ by a few levels) or as the
     same error."""
     from faceetl.batched import decode_jpegs
-    from faceetl.images import ImageError, load_image
-    from helpers import make_bad_inputs
+    from helpers import bad_input_files, decoded_pairs
 
-    bad = [v for v in make_bad_inputs(tmp_path).values() if hasattr(v, "is_file") and v.is_file()]
-    paths = bad + PHOTOS
+    paths = bad_input_files(tmp_path) + PHOTOS
     got = decode_jpegs([p.read_bytes() for p in paths], device="cuda")
-    for p, g in zip(paths, got, strict=True):
-        try:
-            want = load_image(p)
-        except ImageError as e:
-            assert isinstance(g, ImageError) and str(g) == str(e), p
-            continue
+    for p, g, want in decoded_pairs(paths, got):
         assert g.is_cuda and tuple(g.shape) == (3, *want.shape[:2]), p
         diff = np.abs(g.permute(1, 2, 0).cpu().numpy().astype(int) - want.astype(int))
         assert diff.mean() < 2.0, (p, diff.mean())

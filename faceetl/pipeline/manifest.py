@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from .. import config, schema, storage
 from ..backends.base import get_backend
 from .extract import crop_relpath, extract_partition
+from .progress import COUNTS, counts
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ LOCK = f"{STATE}/lock.json"
 INFLIGHT = f"{STATE}/inflight"
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 6 * HEARTBEAT_S  # a lock from another host not refreshed for this long is dead
-COUNTS = ["n_images", "n_ok", "n_no_face", "n_error", "n_faces"]
 
 
 class SettingsError(ValueError):
@@ -424,17 +424,6 @@ def target_schema(carried: pd.DataFrame) -> pa.Schema:
 
 
 # -- the worker side ----------------------------------------------------------------------------
-
-
-def counts(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row: images, ok, no_face and error images, faces of a piece of a face frame."""
-    status = frame["status"].astype(str)
-    g = frame.assign(_ok=status == schema.STATUS_OK, _err=status.str.startswith("error"))
-    g = g.groupby("path")
-    ok, err = g["_ok"].any(), g["_err"].any() & ~g["_ok"].any()
-    n = int(g.ngroups)
-    row = [n, int(ok.sum()), n - int(ok.sum()) - int(err.sum()), int(err.sum())]
-    return pd.DataFrame([[*row, int((status == schema.STATUS_OK).sum())]], columns=COUNTS)
 
 
 def crop_prefix(out_url: str, path: str, root: str | None) -> str:

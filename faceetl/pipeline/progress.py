@@ -36,7 +36,7 @@ def images_planned(frame: Any) -> int | None:
 def images_of(frame: pd.DataFrame) -> int:
     """Distinct input images in a piece of a face frame (rows with a ``path``), or the
     ``n_images`` of a frame of counts (what a run writing its own output returns)."""
-    if "n_images" in frame.columns and "path" not in frame.columns:
+    if is_counts(frame):
         return int(frame["n_images"].sum())
     return int(frame["path"].nunique()) if "path" in frame.columns else len(frame)
 
@@ -105,28 +105,39 @@ def _in_notebook() -> bool:
         return False
 
 
+#: the columns of a frame of counts (:func:`counts`)
+COUNTS = ["n_images", "n_ok", "n_no_face", "n_error", "n_faces"]
+
+
+def is_counts(frame: pd.DataFrame) -> bool:
+    """True for a frame of counts rather than face rows."""
+    return "n_images" in frame.columns and "path" not in frame.columns
+
+
+def counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row: images, ok, no_face and error images, faces of a piece of a face frame (an
+    image counts as ok with one face, else as error with an error row, else as no_face)."""
+    status = frame["status"].astype(str)
+    g = frame.assign(_ok=status == schema.STATUS_OK, _err=status.str.startswith("error"))
+    g = g.groupby("path")
+    ok, err = g["_ok"].any(), g["_err"].any() & ~g["_ok"].any()
+    n = int(g.ngroups)
+    row = [n, int(ok.sum()), n - int(ok.sum()) - int(err.sum()), int(err.sum())]
+    return pd.DataFrame([[*row, int((status == schema.STATUS_OK).sum())]], columns=COUNTS)
+
+
 def summary(frame: pd.DataFrame, seconds: float) -> str:
     """``N images: a ok, b no_face, c error; F faces; R img/s`` of a computed face frame (or
-    of a frame of counts with columns n_images, n_ok, n_no_face, n_error, n_faces)."""
-    if "n_images" in frame.columns and "path" not in frame.columns:
-        n = frame.sum(numeric_only=True)
-        return (
-            f"{int(n['n_images'])} images: {int(n['n_ok'])} ok, {int(n['n_no_face'])} no_face, "
-            f"{int(n['n_error'])} error; {int(n['n_faces'])} faces; "
-            f"{n['n_images'] / max(seconds, 1e-9):.1f} img/s"
-        )
-    if not {"path", "status"} <= set(frame.columns):
-        return f"{len(frame)} rows in {seconds:.1f} s"
-    status = frame["status"].astype(str)
-    ok = status == schema.STATUS_OK
-    per_image = frame.assign(_ok=ok, _err=status.str.startswith("error")).groupby("path")
-    images = per_image.ngroups
-    n_ok = int(per_image["_ok"].any().sum())
-    n_err = int((per_image["_err"].any() & ~per_image["_ok"].any()).sum())
-    rate = images / max(seconds, 1e-9)
+    of a frame of :func:`counts`)."""
+    if not is_counts(frame):
+        if not {"path", "status"} <= set(frame.columns):
+            return f"{len(frame)} rows in {seconds:.1f} s"
+        frame = counts(frame)
+    n = frame.sum(numeric_only=True)
     return (
-        f"{images} images: {n_ok} ok, {images - n_ok - n_err} no_face, {n_err} error; "
-        f"{int(ok.sum())} faces; {rate:.1f} img/s"
+        f"{int(n['n_images'])} images: {int(n['n_ok'])} ok, {int(n['n_no_face'])} no_face, "
+        f"{int(n['n_error'])} error; {int(n['n_faces'])} faces; "
+        f"{n['n_images'] / max(seconds, 1e-9):.1f} img/s"
     )
 
 
