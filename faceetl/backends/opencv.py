@@ -82,14 +82,19 @@ def _last_stage_threshold(path: Path) -> float:
 
 
 def _eye_rects(
-    cc: cv2.CascadeClassifier, roi: np.ndarray, fw: float, min_neighbors: int
+    cc: cv2.CascadeClassifier,
+    roi: np.ndarray,
+    fw: float,
+    min_neighbors: int,
+    scale_factor: float = 1.05,
+    max_frac: float = 0.35,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Eye-cascade boxes (K, 4) x y w h and their neighbour counts in a resized face ROI."""
     min_eye = max(12, int(0.12 * fw))
-    max_eye = max(min_eye + 1, int(0.45 * fw))
+    max_eye = max(min_eye + 1, int(max_frac * fw))
     rects, neighbours = cc.detectMultiScale2(
         roi,
-        scaleFactor=1.05,
+        scaleFactor=scale_factor,
         minNeighbors=min_neighbors,
         minSize=(min_eye, min_eye),
         maxSize=(max_eye, max_eye),
@@ -101,15 +106,22 @@ def _eye_rects(
 
 
 def _mirror_refine(
-    cc: cv2.CascadeClassifier, roi: np.ndarray, fw: float, pts: np.ndarray, widths: np.ndarray
+    cc: cv2.CascadeClassifier,
+    roi: np.ndarray,
+    fw: float,
+    pts: np.ndarray,
+    widths: np.ndarray,
+    **search: float,
 ) -> np.ndarray:
     """Average each eye centre with the matching eye box found in the mirrored ROI.
 
     The cascade is not mirror-symmetric, so the mirrored search gives a second, partly
     independent estimate of each eye box; an eye with no mirrored box within
-    ``_MIRROR_RADIUS`` of its width (and of similar size) keeps its own box centre.
+    ``_MIRROR_RADIUS`` of its width (and of similar size) keeps its own box centre. The whole
+    mirrored ROI is searched, as the first search did the ROI, so that mirroring the photo
+    mirrors the eyes exactly (a search around each eye alone saved ~20% but broke that).
     """
-    rects, _ = _eye_rects(cc, np.ascontiguousarray(roi[:, ::-1]), fw, 1)
+    rects, _ = _eye_rects(cc, np.ascontiguousarray(roi[:, ::-1]), fw, 1, **search)
     if len(rects) == 0:
         return pts
     c = np.stack(
@@ -125,7 +137,15 @@ def _mirror_refine(
     return out
 
 
-def find_eyes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def find_eyes(
+    gray: np.ndarray,
+    boxes: np.ndarray,
+    *,
+    roi_width: int = _EYE_ROI_WIDTH,
+    scale_factor: float = 1.05,
+    max_frac: float = 0.35,
+    mirror: bool = True,
+) -> np.ndarray:
     """Eye centres of each face box with the Haar eye cascade: (N, 5, 2), eyes filled, rest NaN.
 
     ``gray`` is the uint8 grayscale image, ``boxes`` (N, 4) x1 y1 x2 y2 in its pixels. The
@@ -136,6 +156,12 @@ def find_eyes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     near the box's centre line, level. Each eye centre is then averaged with the matching
     detection in the mirrored ROI (see :func:`_mirror_refine`). A face keeps NaN eyes unless
     both are found; the eye with the smaller x comes first (ArcFace order as seen in the image).
+
+    Cost (one core, the 16 shared group/single/PASCAL photos, 79 SSD faces): about 2 ms of
+    cascade per face and scale. ``scale_factor`` is the cascade's scale step, ``max_frac`` the
+    largest eye box as a fraction of the face width (0.35 keeps 63 of the 64 eye pairs found at
+    0.45, for ~15% less time); ``mirror=False`` skips the mirrored search (~40% less time; median
+    eye error 0.038 of the eye distance instead of 0.031, against dlib's 68 points).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     out = np.full((len(boxes), N_LANDMARKS, 2), np.nan, np.float32)
@@ -155,12 +181,13 @@ def find_eyes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         if rx2 - rx1 < 8 or ry2 - ry1 < 4:
             continue
         roi = gray[ry1:ry2, rx1:rx2]
-        s = _EYE_ROI_WIDTH / roi.shape[1]
+        s = roi_width / roi.shape[1]
         roi = cv2.resize(
             roi, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
         )
         fw = bw * s  # face width in ROI pixels
-        rects, neighbours = _eye_rects(cc, roi, fw, 2)
+        search = {"scale_factor": scale_factor, "max_frac": max_frac}
+        rects, neighbours = _eye_rects(cc, roi, fw, 2, **search)
         if len(rects) < 2:
             continue
         cx = rects[:, 0] + rects[:, 2] / 2
@@ -188,7 +215,9 @@ def find_eyes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         )
         best = np.flatnonzero(ok)[np.argmax(score[ok])]
         sides = [li[best], ri[best]]
-        pts = _mirror_refine(cc, roi, fw, np.stack([cx[sides], cy[sides]], axis=1), rects[sides, 2])
+        pts = np.stack([cx[sides], cy[sides]], axis=1)
+        if mirror:
+            pts = _mirror_refine(cc, roi, fw, pts, rects[sides, 2], **search)
         pts = pts / s + [rx1, ry1]
         out[i, 0:2] = pts[np.argsort(pts[:, 0])]
     return out

