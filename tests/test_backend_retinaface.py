@@ -326,3 +326,34 @@ def test_low_scores_do_not_start_the_large_face_pass(group_images):
         assert len(confident) == len(high), name
         if len(high):
             assert _matched_max_diff(confident, high) < 1e-3, name
+
+
+def test_activation_bytes_per_pixel_scales_with_the_body():
+    from faceetl.backends.retinaface import activation_bytes_per_pixel
+    from faceetl.nets.retinaface import RetinaFace
+
+    small = RetinaFace("mobilenet0.25").eval()
+    big = RetinaFace("resnet50").eval()
+    a, b = activation_bytes_per_pixel(small, 128), activation_bytes_per_pixel(small, 256)
+    assert a == pytest.approx(b, rel=0.02)  # a fully convolutional net: per pixel, any size
+    assert 100 < a < activation_bytes_per_pixel(big, 128)  # measured: 353 and 2,753
+    # an upper bound of what one forward holds: at least its largest single output
+    with torch.inference_mode():
+        feats = small.body(torch.zeros(1, 3, 256, 256))
+    largest = max(t.numel() * 4 for t in feats) / 256**2
+    assert a > largest
+
+
+def test_batch_pixels_for_free_memory():
+    from faceetl.backends.retinaface import AUTO_PIXELS_RANGE, batch_pixels_for
+
+    gib = 1 << 30
+    assert batch_pixels_for(8 * gib, 2_000) == int(0.5 * 8 * gib / 2_000)
+    assert batch_pixels_for(8 * gib, 2_000, half=True) == int(0.5 * 8 * gib / 1_000)
+    assert batch_pixels_for(0, 2_000) == AUTO_PIXELS_RANGE[0]  # a photo always runs (or OOMs)
+    assert batch_pixels_for(1 << 50, 2_000) == AUTO_PIXELS_RANGE[1]
+
+
+def test_cpu_batch_pixels_default_runs_images_alone(det):
+    assert not det.auto_batch and det.batch_pixels == 0
+    assert det._groups([(480, 640), (480, 640), (600, 800)]) == [[0], [1], [2]]

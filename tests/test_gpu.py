@@ -86,3 +86,26 @@ def test_pipeline_on_a_cuda_cluster_equals_cpu_rows(tmp_path) -> None:
     assert list(cpu["path"]) == list(gpu["path"]) and list(cpu["status"]) == list(gpu["status"])
     box = ["x1", "y1", "x2", "y2"]
     assert np.nanmax(np.abs(cpu[box].to_numpy() - gpu[box].to_numpy())) <= 1.0
+
+
+def test_canvases_sized_from_free_memory_fit() -> None:
+    import cv2
+    import torch
+
+    from faceetl.backends.retinaface import FREE_MEMORY_SHARE, RetinaFaceDetector
+
+    det = RetinaFaceDetector(device="cuda")
+    assert det.auto_batch and det._bytes_per_pixel > 0
+    budget = det._budget()
+    photos = [cv2.resize(load_rgb(p), (1024, 768)) for p in PHOTOS] * 8
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = det.detect_batch(photos)
+    peak = torch.cuda.max_memory_allocated() - before
+    assert len(out) == len(photos)
+    free, _ = torch.cuda.mem_get_info()
+    # a canvas took no more than its share of free memory (the estimate is an upper bound)
+    assert peak <= FREE_MEMORY_SHARE * (free + peak), (peak, budget)
+    groups = det._groups([(768, 1024)] * len(photos))
+    assert max(len(g) for g in groups) * 768 * 1024 <= max(budget, 768 * 1024)

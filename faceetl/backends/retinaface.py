@@ -46,6 +46,44 @@ MIN_REDETECTED = 64  # faces the second pass finds at least this large replace t
 #: only boxes at least this confident (the default extraction threshold) start the second pass:
 #: at the WIDER setting (0.02) spurious large boxes of 0.03-0.07 would start it and move faces
 LARGE_FACE_SCORE = 0.5
+#: share of the device's free memory one canvas may take when ``batch_pixels`` is automatic
+FREE_MEMORY_SHARE = 0.5
+#: automatic canvases hold at least this many pixels (one 1-MP photo) and at most this many
+AUTO_PIXELS_RANGE = (1 << 20, 256 << 20)
+
+
+@torch.inference_mode()
+def activation_bytes_per_pixel(model: nn.Module, side: int = 256) -> float:
+    """Bytes of all layer outputs of one forward pass per input pixel (fp32).
+
+    Summed over every leaf module's output, as if all stayed alive at once: an upper bound of
+    the activation memory (inference frees most as it goes), so canvases sized from it fit.
+    Measured here rather than tabulated, so it holds for any body and weights.
+    """
+    total = 0
+
+    def count(_m: nn.Module, _i: Any, out: Any) -> None:
+        nonlocal total
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * 4
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        dev = next(model.parameters()).device
+        model(torch.zeros(1, 3, side, side, device=dev))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / (side * side)
+
+
+def batch_pixels_for(free_bytes: float, bytes_per_pixel: float, half: bool = False) -> int:
+    """Canvas pixels (batch x height x width) that fit in ``FREE_MEMORY_SHARE`` of free memory."""
+    per_pixel = bytes_per_pixel / (2 if half else 1)
+    lo, hi = AUTO_PIXELS_RANGE
+    return int(min(hi, max(lo, FREE_MEMORY_SHARE * free_bytes / per_pixel)))
 
 
 class PaddingMask:
@@ -229,8 +267,10 @@ class RetinaFaceDetector(BaseDetector):
         faster, faces at the right/bottom edges may move). A batch is split into several
         canvases where one canvas (batch x height x width) would exceed ``batch_pixels`` or the
         canvases would hold more than ``pad_waste`` times the images' own pixels.
-        ``batch_pixels=None`` picks 16M on CUDA and 0 on CPU (each image runs alone: measured
-        faster on CPU than padded batches); ``pad_waste=inf`` with a large ``batch_pixels``
+        ``batch_pixels=None`` sizes canvases from the device's free memory on CUDA (half of what
+        is free when the batch runs, over :func:`activation_bytes_per_pixel`; a batch that still
+        runs out of memory is halved and retried by the pipeline) and is 0 on CPU (each image
+        runs alone: measured faster on CPU than padded batches); ``pad_waste=inf`` with a large ``batch_pixels``
         gives one canvas per batch. ``weights`` is an optional local state-dict path used
         instead of the registered release file. ``half`` enables fp16 autocast on CUDA.
 
@@ -253,9 +293,8 @@ class RetinaFaceDetector(BaseDetector):
         self.exact_padding = bool(exact_padding)
         self.pad_waste = float(pad_waste)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if batch_pixels is None:
-            batch_pixels = 16_000_000 if self.device.type == "cuda" else 0
-        self.batch_pixels = int(batch_pixels)
+        self.auto_batch = batch_pixels is None and self.device.type == "cuda"
+        self.batch_pixels = 0 if batch_pixels is None else int(batch_pixels)
         if runtime not in ("torch", "onnx"):
             raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
         self.runtime = runtime
@@ -274,6 +313,7 @@ class RetinaFaceDetector(BaseDetector):
             1, 3, 1, 1
         )
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
+        self._bytes_per_pixel = activation_bytes_per_pixel(self.model) if self.auto_batch else 0.0
         log.debug("RetinaFace %s loaded on %s", network, self.device)
 
     # -- helpers
@@ -298,8 +338,18 @@ class RetinaFaceDetector(BaseDetector):
         m = CANVAS_MULTIPLE
         return (-(-max(h for h, _ in shapes) // m) * m, -(-max(w for _, w in shapes) // m) * m)
 
+    def _budget(self) -> int:
+        """Most pixels one canvas may hold now."""
+        if not self.auto_batch:
+            return self.batch_pixels
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # blocks torch's allocator holds but no tensor uses are free for this batch as well
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return batch_pixels_for(free, self._bytes_per_pixel, self.half)
+
     def _groups(self, shapes: list[tuple[int, int]]) -> list[list[int]]:
         """Indices of the images that share one canvas (sorted by size, bounded padding)."""
+        budget = self._budget()
         order = sorted(range(len(shapes)), key=lambda i: (shapes[i][0] * shapes[i][1], shapes[i]))
         if self._session is not None and self.exact_padding:  # onnx cannot mask: one by one
             return [[i] for i in order]
@@ -310,7 +360,7 @@ class RetinaFaceDetector(BaseDetector):
             ch, cw = self._canvas([shapes[j] for j in cand])
             total = ch * cw * len(cand)
             own = sum(shapes[j][0] * shapes[j][1] for j in cand)
-            too_big = total > self.batch_pixels
+            too_big = total > budget
             if cur and (too_big or total > self.pad_waste * own):
                 groups.append(cur)
                 cand = [i]
@@ -430,7 +480,7 @@ class RetinaFaceDetector(BaseDetector):
             "max_side": self.max_side,
             "large_face_pass": self.large_face_pass,
             "exact_padding": self.exact_padding,
-            "batch_pixels": self.batch_pixels,
+            "batch_pixels": "free memory" if self.auto_batch else self.batch_pixels,
             "pad_waste": self.pad_waste if math.isfinite(self.pad_waste) else None,
             "fp16": self.half,
             "runtime": self.runtime,
