@@ -71,7 +71,7 @@ def warp_faces(
     m = torch.as_tensor(np.asarray(matrices, np.float64).reshape(-1, 2, 3), device=device)
     full = torch.cat([m, m.new_tensor([0.0, 0.0, 1.0]).expand(len(m), 1, 3)], dim=1)
     inv = torch.linalg.inv(full)[:, :2, :]  # crop -> image, in pixel-centre coordinates
-    idx = torch.as_tensor(np.asarray(image_index, np.int64), device=device)
+    idx = np.asarray(image_index, np.int64).reshape(-1)
     h, w = canvas.shape[2], canvas.shape[3]
     v, u = torch.meshgrid(
         torch.arange(size, dtype=torch.float64, device=device),
@@ -80,16 +80,36 @@ def warp_faces(
     )
     uv1 = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(-1, 3)  # (S*S, 3)
     scale = uv1.new_tensor([2.0 / w, 2.0 / h])
-    for s in range(0, n_faces, chunk):
-        sl = slice(s, min(s + chunk, n_faces))
-        xy = torch.einsum("fij,pj->fpi", inv[sl], uv1)  # image pixel coordinates
-        grid = ((xy + 0.5) * scale - 1.0).reshape(-1, size, size, 2)  # align_corners=False
-        src = canvas[idx[sl]].float()
-        crops = F.grid_sample(
-            src, grid.to(src.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        out[sl] = crops.round_().clamp_(0, 255).to(torch.uint8)
+    # per image, its faces' sampling grids stacked into one tall grid: one grid_sample reads the
+    # image once (as float) however many faces it has, never a copy of the image per face
+    for k in np.unique(idx):
+        faces = np.flatnonzero(idx == k)
+        src = canvas[int(k) : int(k) + 1].float()
+        for s in range(0, len(faces), chunk):
+            sel = torch.as_tensor(faces[s : s + chunk], device=device)
+            xy = torch.einsum("fij,pj->fpi", inv[sel], uv1)  # image pixel coordinates
+            grid = ((xy + 0.5) * scale - 1.0).reshape(1, -1, size, 2)  # align_corners=False
+            crops = F.grid_sample(
+                src, grid.to(src.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+            )  # (1, C, F*S, S)
+            crops = crops.reshape(canvas.shape[1], len(sel), size, size).permute(1, 0, 2, 3)
+            out[sel] = crops.round_().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+def encode_jpegs(crops: Any, quality: int | None = None) -> list[bytes] | None:
+    """JPEG bytes of (F, 3, S, S) uint8 crops encoded on their CUDA device (nvjpeg, one batch),
+    or None where that cannot be done (a CPU tensor, or a torchvision without it): the caller
+    then encodes on the host."""
+    if not getattr(crops, "is_cuda", False) or len(crops) == 0:
+        return None
+    try:
+        from torchvision.io import encode_jpeg
+
+        out = encode_jpeg(list(crops), quality=95 if quality is None else int(quality))
+    except Exception:  # torchvision < 0.19 (no device encode), or nvjpeg refused
+        return None
+    return [bytes(t.cpu().numpy().tobytes()) for t in out]
 
 
 # -- decode ---------------------------------------------------------------------------------------
@@ -174,7 +194,12 @@ def decode_jpegs(
         if out[k] is None:
             try:
                 rgb = decode_image(data, max_pixels=max_pixels)
-                out[k] = torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(device)
+                out[k] = (
+                    torch.from_numpy(np.require(rgb, requirements=["W"]))
+                    .permute(2, 0, 1)
+                    .contiguous()
+                    .to(device)
+                )
             except ImageError as e:
                 out[k] = e
     return out

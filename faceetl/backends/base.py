@@ -127,12 +127,22 @@ class Detector(Protocol):
         ...
 
 
-def check_image(image: Any, index: int = 0) -> np.ndarray:
-    """``image`` as an array if it is RGB uint8 (H, W, 3) with pixels, else a ValueError."""
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or 0 in arr.shape:
+def check_image(image: Any, index: int = 0) -> Any:
+    """``image`` as an array if it is RGB uint8 (H, W, 3) with pixels, else a ValueError.
+
+    A torch tensor (H, W, 3) uint8 (e.g. decoded on a GPU) is checked and returned as it is,
+    for backends whose :attr:`BaseDetector.input_device` takes tensors.
+    """
+    tensor = type(image).__module__.startswith("torch")
+    arr = image if tensor else np.asarray(image)
+    if (
+        arr.ndim != 3
+        or arr.shape[2] != 3
+        or str(arr.dtype).split(".")[-1] != "uint8"
+        or (0 in tuple(arr.shape))
+    ):
         raise ValueError(
-            f"expected an RGB uint8 image (H, W, 3), got {arr.dtype} {arr.shape} "
+            f"expected an RGB uint8 image (H, W, 3), got {arr.dtype} {tuple(arr.shape)} "
             f"(image {index} of the batch)"
         )
     return arr
@@ -149,6 +159,10 @@ class BaseDetector(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: where the backend wants its images as torch tensors (H, W, 3) uint8, e.g. ``"cuda:0"``:
+    #: the pipeline then decodes and aligns there (one decode per image, no host copy); None
+    #: (the default): numpy arrays
+    input_device: str | None = None
     #: the least score a face needs to be kept (every built-in backend takes it)
     score_threshold: float
     #: file name -> sha256 of every model file the backend loaded

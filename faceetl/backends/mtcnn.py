@@ -114,16 +114,22 @@ class _Integrals:
         parts, offsets, sizes = [], [], []
         off = 0
         for im in images:
-            im = np.ascontiguousarray(im)
-            if big:  # float64 sums of uint8 are exact far beyond int32's range
-                s = torch.from_numpy(cv2.integral(im, sdepth=cv2.CV_64F)).long()
+            if isinstance(im, torch.Tensor):  # on its device: the same integer sums as cv2's
+                dtype = torch.int64 if big else torch.int32
+                t = im.to(device)
+                s = torch.zeros((t.shape[0] + 1, t.shape[1] + 1, 3), dtype=dtype, device=device)
+                s[1:, 1:] = t.to(dtype).cumsum(0).cumsum(1)
+            elif big:  # float64 sums of uint8 are exact far beyond int32's range
+                s = torch.from_numpy(cv2.integral(np.ascontiguousarray(im), sdepth=cv2.CV_64F))
+                s = s.long()
             else:
-                s = torch.from_numpy(cv2.integral(im, sdepth=cv2.CV_32S))
-            parts.append(s.reshape(-1, 3))  # (H+1, W+1, 3) with a zero first row and column
+                s = torch.from_numpy(cv2.integral(np.ascontiguousarray(im), sdepth=cv2.CV_32S))
+            # (H+1, W+1, 3) with a zero first row and column
+            parts.append(s.reshape(-1, 3).to(device))
             offsets.append(off)
             sizes.append(im.shape[:2])
             off += s.shape[0] * s.shape[1]
-        self.buf = torch.cat(parts).to(device)
+        self.buf = torch.cat(parts)
         self.offsets = torch.tensor(offsets, dtype=torch.long, device=device)
         self.sizes = torch.tensor(sizes, dtype=torch.long, device=device).reshape(-1, 2)
 
@@ -166,8 +172,10 @@ class _Integrals:
         return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> float (1, 3, H, W) on ``device``."""
+def _to_tensor(image: Any, device: torch.device) -> torch.Tensor:
+    """RGB uint8 (H, W, 3), numpy or a tensor -> float (1, 3, H, W) on ``device``."""
+    if isinstance(image, torch.Tensor):
+        return image.to(device).permute(2, 0, 1)[None].float()
     t = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).to(device)
     return t.permute(2, 0, 1)[None].float()
 
@@ -212,6 +220,10 @@ class MTCNNDetector(BaseDetector):
     P-Net and R-Net probabilities of a candidate; ``min_face_size``: the smallest face the image
     pyramid searches for, in pixels; ``nms_thresholds``: the overlaps of the NMS per scale, per
     image, after R-Net and (intersection over the smaller box) after O-Net.
+    ``tensor_inputs``: take images as tensors on ``device`` (the pipeline decodes them there);
+    ``None``: on CUDA. The summed-area tables are then built on the device (the same integers).
+    Memory is bounded per call by ``crop_batch`` R-/O-Net crops and one P-Net canvas per
+    pyramid level and size group (a 16-photo batch of 1 MP: under 200 MB at the first level).
     """
 
     # shared by threads: the networks are only read and every call keeps its state in locals
@@ -230,6 +242,7 @@ class MTCNNDetector(BaseDetector):
         device: str | None = None,
         batched: bool = True,
         crop_batch: int = 512,
+        tensor_inputs: bool | None = None,
     ) -> None:
         if len(stage_thresholds) != 2:
             raise ValueError(f"stage_thresholds must be two numbers, got {stage_thresholds!r}")
@@ -241,6 +254,9 @@ class MTCNNDetector(BaseDetector):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        # images as tensors on the device (decoded and aligned there by the pipeline): on CUDA
+        self.tensor_inputs = self.device.type == "cuda" if tensor_inputs is None else tensor_inputs
+        self.input_device = str(self.device) if self.tensor_inputs else None
         self.batched = bool(batched)
         self.crop_batch = int(crop_batch)
         self._paths = {n: _weight_path(n) for n in ("pnet", "rnet", "onet")}
@@ -265,6 +281,7 @@ class MTCNNDetector(BaseDetector):
             "factor": self.factor,
             "nms_thresholds": list(self.nms_thresholds),
             "batched": self.batched,
+            "tensor_inputs": self.tensor_inputs,
         }
 
     @torch.inference_mode()

@@ -79,6 +79,20 @@ def activation_bytes_per_pixel(model: nn.Module, side: int = 256) -> float:
     return total / (side * side)
 
 
+def _resize(image: Any, size: tuple[int, int], area: bool = False) -> Any:
+    """``image`` (H, W, 3) uint8, numpy or a torch tensor, resized to ``size`` (w, h) where it is:
+    cv2's linear (or area) resize on the host, torch's bilinear (or area) one on a tensor's device
+    (the same half-pixel convention; they differ by cv2's fixed-point rounding)."""
+    if not isinstance(image, torch.Tensor):
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+    x = image.permute(2, 0, 1)[None].float()
+    mode = "area" if area else "bilinear"
+    y = F.interpolate(
+        x, size=(size[1], size[0]), mode=mode, **({} if area else {"align_corners": False})
+    )
+    return y[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
 def batch_pixels_for(free_bytes: float, bytes_per_pixel: float, half: bool = False) -> int:
     """Canvas pixels (batch x height x width) that fit in ``FREE_MEMORY_SHARE`` of free memory."""
     per_pixel = bytes_per_pixel / (2 if half else 1)
@@ -252,6 +266,7 @@ class RetinaFaceDetector(BaseDetector):
         half: bool = True,
         weights: str | None = None,
         runtime: str = "torch",
+        tensor_inputs: bool | None = None,
     ) -> None:
         """Build and load the network.
 
@@ -279,6 +294,10 @@ class RetinaFaceDetector(BaseDetector):
         sha256, the network and the opset); priors, decoding, NMS and the large-face pass are
         the same code. The graph cannot mask padding, so with ``exact_padding`` every image runs
         alone (a batch of one); without it mixed sizes share the mean-colour canvas unmasked.
+
+        ``tensor_inputs``: take images as torch tensors on ``device`` (:attr:`input_device`), so
+        the pipeline decodes (nvjpeg) and aligns them there; ``None``: on CUDA with the torch
+        runtime. Images are then resized by torch instead of cv2 (boxes within a pixel).
         """
         network = network_name(network)
         if max_side is not None and max_side < 32:
@@ -299,6 +318,10 @@ class RetinaFaceDetector(BaseDetector):
             raise ValueError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
         self.runtime = runtime
         self.half = bool(half) and self.device.type == "cuda" and runtime == "torch"
+        if tensor_inputs is None:
+            tensor_inputs = self.device.type == "cuda" and runtime == "torch"
+        self.tensor_inputs = bool(tensor_inputs)
+        self.input_device = str(self.device) if self.tensor_inputs else None
 
         resolved = resolve(weights, CONFIGS[network]["weights"], f"RetinaFace {network}")
         self._weights = resolved.provenance()
@@ -375,14 +398,14 @@ class RetinaFaceDetector(BaseDetector):
         """Boxes, scores and 5 landmarks in input pixels, images grouped onto shared canvases."""
         scaled, scales = [], []
         for img in images:
-            s = self._scale_for(*img.shape[:2])
+            h, w = (int(v) for v in img.shape[:2])
+            s = self._scale_for(h, w)
             if s != 1.0:
-                size = (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s)))
-                img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+                img = _resize(img, (max(1, round(w * s)), max(1, round(h * s))))
             scaled.append(img)
             scales.append(s)
         out: list[Detections | None] = [None] * len(images)
-        for group in self._groups([img.shape[:2] for img in scaled]):
+        for group in self._groups([tuple(int(v) for v in img.shape[:2]) for img in scaled]):
             dets = self._detect_canvas([scaled[i] for i in group])
             for i, det in zip(group, dets, strict=True):
                 det = Detections(det.boxes / scales[i], det.scores, det.landmarks / scales[i])
@@ -394,14 +417,20 @@ class RetinaFaceDetector(BaseDetector):
 
     def _detect_canvas(self, images: list[np.ndarray]) -> list[Detections]:
         """Detections (in the given images' pixels, unclipped) from one forward pass."""
-        shapes = [img.shape[:2] for img in images]
+        shapes = [tuple(int(v) for v in img.shape[:2]) for img in images]
         ch, cw = self._canvas(shapes)
         # canvas in BGR filled with the training mean: zeros once the mean is subtracted
-        canvas = np.empty((len(images), ch, cw, 3), np.uint8)
-        canvas[...] = np.array(MEAN_BGR, np.uint8)
-        for k, img in enumerate(images):
-            canvas[k, : img.shape[0], : img.shape[1]] = img[:, :, ::-1]
-        x = torch.from_numpy(canvas).to(self.device, non_blocking=True)
+        if isinstance(images[0], torch.Tensor):  # built where the images already are
+            x = torch.empty((len(images), ch, cw, 3), dtype=torch.uint8, device=self.device)
+            x[...] = torch.tensor(MEAN_BGR, dtype=torch.uint8, device=self.device)
+            for k, img in enumerate(images):
+                x[k, : img.shape[0], : img.shape[1]] = img.to(self.device).flip(-1)
+        else:
+            canvas = np.empty((len(images), ch, cw, 3), np.uint8)
+            canvas[...] = np.array(MEAN_BGR, np.uint8)
+            for k, img in enumerate(images):
+                canvas[k, : img.shape[0], : img.shape[1]] = img[:, :, ::-1]
+            x = torch.from_numpy(canvas).to(self.device, non_blocking=True)
         x = (x.permute(0, 3, 1, 2).float() - self._mean).contiguous()
         padded = any(s != (ch, cw) for s in shapes)
         valid = torch.tensor(shapes, device=self.device) if padded and self.exact_padding else None
@@ -449,11 +478,15 @@ class RetinaFaceDetector(BaseDetector):
         trigger = side[det.scores >= max(self.score_threshold, LARGE_FACE_SCORE)]
         if len(trigger) == 0 or trigger.max() * scale <= LARGE_FACE:
             return det
-        h, w = image.shape[:2]
+        h, w = (int(v) for v in image.shape[:2])
         s2 = scale * REDETECT_SIDE / (trigger.max() * scale)
-        small = cv2.resize(
-            image, (max(32, round(w * s2)), max(32, round(h * s2))), interpolation=cv2.INTER_AREA
-        )
+        size = (max(32, round(w * s2)), max(32, round(h * s2)))
+        if isinstance(image, torch.Tensor):
+            # rare (a face over 400 px): cv2's area resize on a host copy, whose output matches
+            # the CPU path exactly (torch's area mode averages other pixels for such factors)
+            small: Any = torch.from_numpy(_resize(image.cpu().numpy(), size, area=True))
+        else:
+            small = _resize(image, size, area=True)
         (d2,) = self._detect_canvas([small])
         sx, sy = small.shape[1] / w, small.shape[0] / h
         factor = np.array([sx, sy], np.float32)
@@ -484,4 +517,5 @@ class RetinaFaceDetector(BaseDetector):
             "pad_waste": self.pad_waste if math.isfinite(self.pad_waste) else None,
             "fp16": self.half,
             "runtime": self.runtime,
+            "tensor_inputs": self.tensor_inputs,
         }
