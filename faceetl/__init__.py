@@ -1,7 +1,7 @@
 """faceetl: folders of photos to training-ready face data on Dask.
 
 >>> import faceetl
->>> faces = faceetl.extract_faces(faceetl.read_images("photos/**/*.jpg"), backend="dlib")
+>>> faces = faceetl.extract_faces(faceetl.read_images("photos/**/*.jpg"), backend="retinaface")
 >>> faces.to_parquet("faces.parquet")
 """
 
@@ -34,11 +34,12 @@ _LAZY = {
     "datasets": "datasets",
     "train": "train",
     "eval": "eval",
+    "show": "drawing",
 }
 
 
 def __getattr__(name: str):
-    """Torch-heavy parts (datasets, training) load on first use."""
+    """Torch-heavy parts (datasets, training) and drawing load on first use."""
     if name in _LAZY:
         import importlib
 
@@ -83,5 +84,6 @@ __all__ = [
     "stratified_split",
     "train",
     "register_weights",
+    "show",
     "verify",
 ]

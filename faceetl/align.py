@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-from skimage.transform import SimilarityTransform
 
 #: insightface's ArcFace template for 112x112 crops (left eye, right eye, nose, mouth l, mouth r)
 ARCFACE_112 = np.array(
@@ -153,16 +151,24 @@ def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     s, d = src[ok], dst[ok]
     if ok.sum() == 2 and np.allclose(s[0], s[1]):
         raise AlignmentError("the two landmarks coincide")
-    tform = SimilarityTransform()
-    if hasattr(SimilarityTransform, "from_estimate"):
-        tform = SimilarityTransform.from_estimate(s, d)
-        if not tform:
-            raise AlignmentError("similarity transform could not be estimated")
-    elif not tform.estimate(s, d):
-        raise AlignmentError("similarity transform could not be estimated")
-    m = np.asarray(tform.params[:2], np.float64)
+    # Umeyama's least-squares similarity (rotation, uniform scale, translation; never a
+    # reflection), written out for 2-D: with both point sets centred, rotation times scale is
+    # the complex number sum(conj(s) * d) / sum(|s|^2). Hand-written rather than scikit-image's
+    # SimilarityTransform: it is this one small fit, and dropping it drops scikit-image and
+    # SciPy from every install. Same matrix to ~1e-15, so the same crops as insightface's.
+    s_mean, d_mean = s.mean(axis=0), d.mean(axis=0)
+    sc, dc = s - s_mean, d - d_mean
+    spread = float((sc * sc).sum())
+    if not spread > 0:
+        raise AlignmentError("the landmarks coincide")
+    a = float((sc * dc).sum()) / spread
+    b = float((sc[:, 0] * dc[:, 1] - sc[:, 1] * dc[:, 0]).sum()) / spread
+    rs = np.array([[a, -b], [b, a]])
+    m = np.column_stack([rs, d_mean - rs @ s_mean])
     if not np.isfinite(m).all():
         raise AlignmentError("similarity transform is not finite")
+    if a == 0 and b == 0:
+        raise AlignmentError("the target points coincide: the similarity has scale 0")
     return m
 
 
@@ -456,6 +462,8 @@ def estimate_transform(
 
 def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """The ``size`` x ``size`` crop of ``image`` under the 2x3 image-to-crop ``matrix``."""
+    import cv2
+
     return cv2.warpAffine(
         image,
         np.asarray(matrix, np.float64),
@@ -496,6 +504,8 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def invert(matrix: np.ndarray) -> np.ndarray:
     """Inverse of a 2x3 affine transform (crop-to-image from image-to-crop)."""
+    import cv2
+
     return cv2.invertAffineTransform(np.asarray(matrix, np.float64))
 
 

@@ -15,7 +15,6 @@ import threading
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -76,8 +75,14 @@ def load_image(
     Anything local that is not a regular file (a FIFO, socket or device) is refused without being
     opened, so it can never block the run.
     """
+    return decode_image(read_image_bytes(path, storage_options), max_pixels=max_pixels)
+
+
+def read_image_bytes(path: str | os.PathLike, storage_options: dict | None = None) -> bytes:
+    """The encoded bytes of ``path`` (local or an fsspec URL), or an :class:`ImageError` saying
+    why they cannot be read (see :func:`load_image`)."""
     if storage.is_url(path):
-        return decode_image(_read_url(os.fspath(path), storage_options), max_pixels=max_pixels)
+        return _read_url(os.fspath(path), storage_options)
     p = file_path(storage.local_path(path))
     try:
         st = os.stat(p)
@@ -91,8 +96,7 @@ def load_image(
         raise ImageError("is a directory")
     if not stat.S_ISREG(st.st_mode):
         raise ImageError("not a regular file")
-    data = Path(p).read_bytes()
-    return decode_image(data, max_pixels=max_pixels)
+    return Path(p).read_bytes()
 
 
 def _read_url(url: str, storage_options: dict | None) -> bytes:
@@ -154,11 +158,12 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
-#: crop formats: name -> (file extension, cv2 quality flag, default quality)
+#: crop formats: name -> (file extension, name of the cv2 quality flag, default quality); the
+#: flag by name so that importing this module does not import cv2
 CROP_FORMATS = {
     "png": ("png", None, None),
-    "jpeg": ("jpg", cv2.IMWRITE_JPEG_QUALITY, 95),
-    "webp": ("webp", cv2.IMWRITE_WEBP_QUALITY, 90),  # quality above 100: lossless
+    "jpeg": ("jpg", "IMWRITE_JPEG_QUALITY", 95),
+    "webp": ("webp", "IMWRITE_WEBP_QUALITY", 90),  # quality above 100: lossless
 }
 
 
@@ -183,9 +188,11 @@ def crop_extension(fmt: str) -> str:
 
 def encode_crop(rgb: np.ndarray, fmt: str = "png") -> bytes:
     """Bytes of an RGB uint8 crop in ``fmt`` (see :func:`parse_crop_format`)."""
+    import cv2
+
     name, quality = parse_crop_format(fmt)
     ext, flag, _ = CROP_FORMATS[name]
-    params = [] if flag is None else [int(flag), int(quality)]
+    params = [] if flag is None else [int(getattr(cv2, flag)), int(quality)]
     ok, buf = cv2.imencode(f".{ext}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError(f"{name} encoding failed")
@@ -194,6 +201,8 @@ def encode_crop(rgb: np.ndarray, fmt: str = "png") -> bytes:
 
 def encode_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB uint8 image."""
+    import cv2
+
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("PNG encoding failed")
@@ -202,6 +211,8 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 def decode_png(data: bytes) -> np.ndarray:
     """RGB uint8 array of PNG (or JPEG, WebP) bytes, e.g. a ``crop`` cell."""
+    import cv2
+
     a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if a is None:
         raise ValueError("cannot decode image bytes")

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pooch
-
 from . import config, storage
+from .extras import quiet_import
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +216,7 @@ def _fetch(name: str, progressbar: bool = True) -> tuple[Path, str]:
     folder.mkdir(parents=True, exist_ok=True)
     if wf.trust_on_first_use:
         return path, _download_unpinned(wf, path, expected, why, progressbar)
+    pooch = quiet_import("pooch")  # on first download only: pooch imports tqdm
     try:
         got_path = pooch.retrieve(
             wf.url,
@@ -240,6 +240,7 @@ def _download_unpinned(
     """Download a trust-on-first-use file to a temporary name, check it (not a web page; the
     recorded hash if there is one), then move it to ``path`` and record its hash if new."""
     tmp_name = f".{wf.filename}.download-{uuid.uuid4().hex[:8]}"
+    pooch = quiet_import("pooch")
     try:
         tmp = Path(
             pooch.retrieve(

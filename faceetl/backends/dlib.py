@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..align import five_from_68, five_from_dlib5
+from ..extras import locate, require
 from ..nets import external as _releases  # noqa: F401 (registers the model files)
 from ..weights import (
     cached_sha256,
@@ -50,6 +51,7 @@ PREDICTOR_FILES = {
 
 def predictor_path(kind: str) -> Path:
     """Path of dlib's ``kind``-point shape predictor in the face_recognition_models package."""
+    locate("face_recognition_models", "dlib", "the dlib backend (its landmark models)")
     return packaged_model(PREDICTOR_FILES[kind])
 
 
@@ -85,7 +87,7 @@ class DlibDetector(BaseDetector):
         for both detectors). Each level gives the detector four times the pixels: it finds faces
         half as large, and with ``detector="cnn"`` on a CPU it is several times slower per photo
         than ``upsample=0`` (which finds only the larger faces)."""
-        import dlib
+        dlib = require("dlib", "dlib", "the dlib backend")
 
         if detector not in DEFAULT_THRESHOLD:
             raise ValueError(f"detector must be 'hog' or 'cnn', not {detector!r}")

@@ -1,16 +1,36 @@
-"""MediaPipe BlazeFace through the maintained Tasks API (``vision.FaceDetector``).
+"""MediaPipe BlazeFace (short or full range) run through LiteRT, MediaPipe's graph ported here.
 
-The shared models are the legacy-solution ``face_detection_short_range.tflite`` (128x128 input)
-and ``face_detection_full_range_sparse.tflite`` (192x192). They carry no TFLite metadata, and
-the Tasks API refuses a float-input model without it ("Input tensor has type float32: it
-requires specifying NormalizationOptions metadata"). mediapipe's own metadata writer
-(``mediapipe.tasks.python.metadata.metadata_writers``) cannot be imported in mediapipe 1.2.2 (it
-imports the missing extension ``mediapipe.tasks.cc.metadata.python._pywrap_metadata_version``),
-so :func:`with_task_metadata` writes the same metadata with mediapipe's generated flatbuffer
-schema classes (``mediapipe.tasks.metadata``): an RGB image input normalised with mean 127.5
-and std 127.5 (pixels to [-1, 1], as the legacy graph's ImageToTensorCalculator did), and the two
-output tensors named. The verified weight file is not modified; the patched copy lives in memory
-and goes to the detector as ``model_asset_buffer``. Anchors, decoding and NMS are MediaPipe's own.
+The models are MediaPipe's legacy-solution ``face_detection_short_range.tflite`` (128x128 input,
+896 anchors) and ``face_detection_full_range_sparse.tflite`` (192x192, 2304 anchors). They run in
+LiteRT (``ai_edge_litert.interpreter.Interpreter``, PyPI ``ai-edge-litert``, extra
+``faceetl[mediapipe]``). What MediaPipe's face-detection graph does around the model is written
+out here, step by step, with the graph's constants:
+
+1. ImageToTensorCalculator (``keep_aspect_ratio``, ``BORDER_ZERO``, float range [-1, 1]): the
+   image centred in a square of its longer side, warped onto the model input with OpenCV's
+   bilinear ``warpPerspective`` from the same corner points (zero padding), then pixels
+   ``* 2/255 - 1`` (:func:`letterbox`).
+2. SsdAnchorsCalculator: anchor centres on the feature-map grid of each stride, fixed anchor
+   size 1 (:func:`ssd_anchor_centres`).
+3. TensorsToDetectionsCalculator (``reverse_output_order``: x, y, w, h, then 6 keypoints x, y;
+   all scales = the input side): logits clipped to +-100, sigmoid, kept where the score is at
+   least ``score_threshold``; boxes of negative size dropped (:func:`decode`).
+4. NonMaxSuppressionCalculator, ``WEIGHTED`` over IoU ``> nms_threshold``: each face is the
+   score-weighted mean of the boxes and keypoints it suppresses, with its own (top) score
+   (:func:`weighted_nms`).
+5. DetectionProjectionCalculator: back through the letterbox to input pixels.
+
+Why hand-written: the one library that implements this graph is ``mediapipe`` itself, and its
+PyPI package pins OpenCV's GUI build (``opencv-contrib-python``, which links libGL) plus
+sounddevice and matplotlib; a second cv2 package next to faceetl's ``opencv-python-headless``
+breaks both. The constants are those of MediaPipe's Tasks ``FaceDetectorGraph`` for these
+metadata-less models (``tasks/cc/vision/face_detector/face_detector_graph.cc``), which are the
+legacy graphs' (``modules/face_detection/face_detection_{short,full}_range.pbtxt``). One
+difference from the Tasks API: it turns boxes into whole pixels (each of x, y, width and height
+truncated, then clamped to the image), boxes here keep their fractions. The first pass equals
+the Tasks API's (``tests/data/mediapipe_reference.json``: same faces, scores to 1e-7, keypoints
+to 1e-3 px, boxes equal once truncated); refined results differ a little, because the crops are
+placed from the fractional boxes (see the tests).
 
 BlazeFace gives 6 keypoints: the subject's right eye, left eye, nose tip, mouth centre, right ear
 tragion, left ear tragion. The eyes and nose fill the ArcFace 5 (eyes ordered by x in the
@@ -29,21 +49,18 @@ overlapping detection keeps its first-pass box and keypoints (``extra["refined"]
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import hashlib
+import dataclasses
+import importlib.metadata
 import logging
-import os
-import sys
-import tempfile
+import math
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import cv2
 import numpy as np
 
 from ..boxes import box_iou
+from ..extras import require
 from ..nets import external as _releases  # noqa: F401 (registers the model files)
 from ..weights import fetch, weights_info
 from .base import BaseDetector, Detections, register_backend
@@ -57,8 +74,7 @@ MODELS = {
     "full": "mediapipe_face_detection_full_range_sparse",
 }
 
-#: MediaPipe aborts the whole process (no exception: libc++abi terminates it) on an image with a
-#: side of 32767 px or more (its remap needs sides below SHRT_MAX); longer images are downscaled
+#: OpenCV's warp (its remap) needs image sides below SHRT_MAX; longer images are downscaled
 MAX_INPUT_SIDE = 32766
 #: input side of the short-range model, the one refinement runs
 REFINE_INPUT = 128
@@ -68,75 +84,193 @@ REFINE_MIN_IOU = 0.3
 #: input normalisation of BlazeFace: (pixel - 127.5) / 127.5 -> [-1, 1]
 NORM_MEAN = 127.5
 NORM_STD = 127.5
+#: TensorsToDetectionsCalculator's score_clipping_thresh: logits are clipped to +-this
+SCORE_CLIP = 100.0
+NUM_KEYPOINTS = 6
 
 
-def with_task_metadata(model: bytes, name: str = "blazeface") -> bytes:
-    """The TFLite ``model`` with the metadata the Tasks FaceDetector needs added.
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    """The graph options of one BlazeFace model (FaceDetectorGraph's defaults for it)."""
 
-    Adds a ``TFLITE_METADATA`` buffer (image input, RGB, NormalizationOptions; two named
-    outputs), as mediapipe's MetadataPopulator does. Fails if the model already has one.
+    size: int  #: input side (width = height); also x_scale, y_scale, w_scale and h_scale
+    strides: tuple[int, ...]  #: SsdAnchorsCalculator strides, one per layer
+    interpolated: bool  #: interpolated_scale_aspect_ratio > 0: a second anchor per layer
+    num_boxes: int  #: anchors = model outputs
+
+
+SPECS = {
+    "short": GraphSpec(size=128, strides=(8, 16, 16, 16), interpolated=True, num_boxes=896),
+    "full": GraphSpec(size=192, strides=(4,), interpolated=False, num_boxes=2304),
+}
+
+
+def ssd_anchor_centres(spec: GraphSpec) -> np.ndarray:
+    """Anchor centres (num_boxes, 2) as x, y in [0, 1] of the model input, in MediaPipe's order.
+
+    Consecutive layers of the same stride share one grid: per cell, one anchor per layer (aspect
+    ratio 1) and, with ``interpolated``, one more. The anchor size is fixed at 1, so only the
+    centres matter.
     """
-    import flatbuffers
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
-    from mediapipe.tasks.metadata import schema_py_generated as sfb
+    out = []
+    i = 0
+    while i < len(spec.strides):
+        j = i
+        while j < len(spec.strides) and spec.strides[j] == spec.strides[i]:
+            j += 1
+        per_cell = (j - i) * (2 if spec.interpolated else 1)
+        cells = math.ceil(spec.size / spec.strides[i])
+        c = (np.arange(cells, dtype=np.float32) + np.float32(0.5)) / np.float32(cells)
+        ys, xs = np.meshgrid(c, c, indexing="ij")
+        out.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], axis=1), per_cell, axis=0))
+        i = j
+    anchors = np.concatenate(out)
+    if len(anchors) != spec.num_boxes:  # the spec contradicts itself
+        raise ValueError(f"{len(anchors)} anchors, expected {spec.num_boxes}")
+    return anchors
 
-    image = mfb.TensorMetadataT()
-    image.name = "image"
-    image.description = "RGB image, normalised to [-1, 1]"
-    content = mfb.ContentT()
-    content.contentPropertiesType = mfb.ContentProperties.ImageProperties
-    props = mfb.ImagePropertiesT()
-    props.colorSpace = mfb.ColorSpaceType.RGB
-    content.contentProperties = props
-    image.content = content
-    norm = mfb.NormalizationOptionsT()
-    norm.mean = [NORM_MEAN]
-    norm.std = [NORM_STD]
-    unit = mfb.ProcessUnitT()
-    unit.optionsType = mfb.ProcessUnitOptions.NormalizationOptions
-    unit.options = norm
-    image.processUnits = [unit]
-    outputs = []
-    for out_name in ("regressors", "classificators"):
-        t = mfb.TensorMetadataT()
-        t.name = out_name
-        outputs.append(t)
-    subgraph = mfb.SubGraphMetadataT()
-    subgraph.inputTensorMetadata = [image]
-    subgraph.outputTensorMetadata = outputs
-    meta = mfb.ModelMetadataT()
-    meta.name = name
-    meta.description = "BlazeFace face detector (legacy MediaPipe model, metadata added by faceetl)"
-    meta.minParserVersion = "1.0.0"  # only 1.0.0 features (image input + normalisation)
-    meta.subgraphMetadata = [subgraph]
-    b = flatbuffers.Builder(0)
-    b.Finish(meta.Pack(b), b"M001")
-    meta_buf = bytes(b.Output())
 
-    tfl = sfb.ModelT.InitFromObj(sfb.Model.GetRootAsModel(bytearray(model), 0))
-    sg = tfl.subgraphs[0]
-    if len(sg.inputs) != 1 or len(sg.outputs) != 2:
-        raise ValueError("not a BlazeFace model: expected 1 input and 2 outputs")
-    if any(m.name == b"TFLITE_METADATA" for m in tfl.metadata or []):
-        raise ValueError("model already has TFLITE_METADATA")
-    buf = sfb.BufferT()
-    buf.data = np.frombuffer(meta_buf, np.uint8)
-    tfl.buffers.append(buf)
-    entry = sfb.MetadataT()
-    entry.name = "TFLITE_METADATA"
-    entry.buffer = len(tfl.buffers) - 1
-    tfl.metadata = [*(tfl.metadata or []), entry]
-    b = flatbuffers.Builder(0)
-    b.Finish(tfl.Pack(b), b"TFL3")
-    return bytes(b.Output())
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The model input (1, size, size, 3) float32 in [-1, 1], and the letterbox as
+    ``(side, x0, y0)``: input x = tensor x (in [0, 1]) * side + x0, the same for y.
+
+    As ImageToTensorCalculator on the CPU: the region is the image centred in a square of its
+    longer side; its corners (bottom-left first, as ``cv::RotatedRect::points``) go to the
+    tensor's corners through ``getPerspectiveTransform`` and ``warpPerspective`` (bilinear, zero
+    border), on uint8, then converted to float.
+    """
+    h, w = image.shape[:2]
+    side = float(max(w, h))
+    cx, cy = 0.5 * w, 0.5 * h
+    x0, y0, x1, y1 = cx - 0.5 * side, cy - 0.5 * side, cx + 0.5 * side, cy + 0.5 * side
+    src = np.array([[x0, y1], [x0, y0], [x1, y0], [x1, y1]], np.float32)
+    dst = np.array([[0, size], [0, 0], [size, 0], [size, size]], np.float32)
+    m = cv2.getPerspectiveTransform(src, dst)
+    warped = cv2.warpPerspective(
+        image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    scale = np.float32(2.0 / 255.0)  # [0, 255] -> [-1, 1], MediaPipe's float scale and offset
+    tensor = warped.astype(np.float32) * scale + np.float32(-1.0)
+    return tensor[None], (side, x0, y0)
+
+
+def decode(
+    raw_boxes: np.ndarray,
+    raw_scores: np.ndarray,
+    anchors: np.ndarray,
+    size: int,
+    score_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates from the model outputs: boxes (N, 4) as xmin, ymin, width, height, scores (N,)
+    and keypoints (N, 6, 2), all in [0, 1] of the model input; float32 as in MediaPipe.
+
+    ``raw_boxes`` (num_boxes, 16): x, y, w, h offsets in input pixels from the anchor centre,
+    then the 6 keypoints x, y; ``raw_scores`` (num_boxes,): logits.
+    """
+    logits = np.clip(raw_scores.astype(np.float32), -SCORE_CLIP, SCORE_CLIP)
+    with np.errstate(over="ignore"):  # exp(100) is inf in float32: the score is 0, as in C++
+        scores = np.float32(1.0) / (np.float32(1.0) + np.exp(-logits))
+    keep = scores >= np.float32(score_threshold)
+    r, a, scores = raw_boxes[keep].astype(np.float32), anchors[keep], scores[keep]
+    s = np.float32(size)
+    xc, yc = r[:, 0] / s + a[:, 0], r[:, 1] / s + a[:, 1]
+    bw, bh = r[:, 2] / s, r[:, 3] / s
+    half = np.float32(2.0)
+    xmin, ymin = xc - bw / half, yc - bh / half
+    xmax, ymax = xc + bw / half, yc + bh / half
+    boxes = np.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=1)
+    kps = r[:, 4 : 4 + 2 * NUM_KEYPOINTS].reshape(-1, NUM_KEYPOINTS, 2) / s + a[:, None, :]
+    ok = (boxes[:, 2] >= 0) & (boxes[:, 3] >= 0)  # also drops NaN sizes
+    return boxes[ok], scores[ok], kps[ok]
+
+
+def _iou_one(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """IoU of each of ``boxes`` (N, 4) with ``box``, both xmin, ymin, width, height (float32)."""
+    ix = np.minimum(boxes[:, 0] + boxes[:, 2], box[0] + box[2]) - np.maximum(boxes[:, 0], box[0])
+    iy = np.minimum(boxes[:, 1] + boxes[:, 3], box[1] + box[3]) - np.maximum(boxes[:, 1], box[1])
+    inter = np.where((ix > 0) & (iy > 0), ix * iy, np.float32(0.0))
+    union = boxes[:, 2] * boxes[:, 3] + box[2] * box[3] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), np.float32(0.0))
+
+
+def weighted_nms(
+    boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MediaPipe's weighted non-maximum suppression on :func:`decode`'s output.
+
+    Best first (stable order for equal scores): the best remaining candidate and every remaining
+    one overlapping it by IoU ``> threshold`` (itself included) are replaced by one face, their
+    score-weighted mean box (mean corners) and keypoints, with the best one's score. As in
+    MediaPipe, the loop ends when a round removes nothing (so a ``threshold`` of 1 or more
+    keeps one face only).
+    """
+    order = np.argsort(-scores, kind="stable")
+    thr = np.float32(threshold)
+    out_boxes, out_scores, out_kps = [], [], []
+    while len(order):
+        top = order[0]
+        sim = _iou_one(boxes[order], boxes[top])
+        cand, rest = order[sim > thr], order[~(sim > thr)]
+        box, kp = boxes[top], kps[top]
+        if len(cand):
+            wgt = scores[cand]
+            total = wgt.sum(dtype=np.float32)
+            b = boxes[cand]
+            corners = np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], 1)
+            mean = (corners * wgt[:, None]).sum(0, dtype=np.float32) / total
+            box = np.array([mean[0], mean[1], mean[2] - mean[0], mean[3] - mean[1]], np.float32)
+            kp = (kps[cand] * wgt[:, None, None]).sum(0, dtype=np.float32) / total
+        out_boxes.append(box)
+        out_scores.append(scores[top])
+        out_kps.append(kp)
+        if len(rest) == len(order):
+            break
+        order = rest
+    n = len(out_boxes)
+    return (
+        np.array(out_boxes, np.float32).reshape(n, 4),
+        np.array(out_scores, np.float32).reshape(n),
+        np.array(out_kps, np.float32).reshape(n, NUM_KEYPOINTS, 2),
+    )
+
+
+class _Net:
+    """One BlazeFace model in a LiteRT interpreter, with its anchors and tensor indices."""
+
+    def __init__(self, interpreter_cls: Any, model: str) -> None:
+        self.spec = SPECS[model]
+        self.anchors = ssd_anchor_centres(self.spec)
+        path = fetch(MODELS[model])
+        self.interpreter = interpreter_cls(model_path=str(path), num_threads=1)
+        self.interpreter.allocate_tensors()
+        (inp,) = self.interpreter.get_input_details()
+        want = [1, self.spec.size, self.spec.size, 3]
+        if list(inp["shape"]) != want or inp["dtype"] != np.float32:
+            raise ValueError(f"{path.name}: input {inp['shape']} {inp['dtype']}, expected {want}")
+        self.input_index = inp["index"]
+        outs = {tuple(o["shape"]): o["index"] for o in self.interpreter.get_output_details()}
+        n = self.spec.num_boxes
+        try:  # told apart by shape: (1, n, 16) regressors, (1, n, 1) classificators
+            self.boxes_index = outs[(1, n, 4 + 2 * NUM_KEYPOINTS)]
+            self.scores_index = outs[(1, n, 1)]
+        except KeyError:
+            raise ValueError(f"{path.name}: outputs {sorted(outs)} are not BlazeFace's") from None
+
+    def run(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw regressors (n, 16) and logits (n,) for one input tensor (not thread-safe)."""
+        self.interpreter.set_tensor(self.input_index, tensor)
+        self.interpreter.invoke()
+        raw_boxes = self.interpreter.get_tensor(self.boxes_index)[0]
+        raw_scores = self.interpreter.get_tensor(self.scores_index)[0, :, 0]
+        return raw_boxes, raw_scores
 
 
 @register_backend("mediapipe", workers=2, gpu=False)
 class MediaPipeDetector(BaseDetector):
-    """BlazeFace (short or full range) via ``mediapipe.tasks.python.vision.FaceDetector``.
+    """BlazeFace (short or full range) in LiteRT with MediaPipe's face-detection graph.
 
-    ``score_threshold`` and ``nms_threshold`` are the Tasks API's ``min_detection_confidence``
-    and ``min_suppression_threshold``.
+    ``score_threshold`` and ``nms_threshold`` are MediaPipe's ``min_detection_confidence`` and
+    ``min_suppression_threshold``.
     """
 
     name = "mediapipe"
@@ -155,64 +289,47 @@ class MediaPipeDetector(BaseDetector):
             raise ValueError(f"model must be one of {sorted(MODELS)}, not {model!r}")
         if not refine_scale > 1.0:
             raise ValueError(f"refine_scale must be > 1, not {refine_scale!r}")
-        import mediapipe as mp
-
-        self._mp = mp
+        litert = require("ai_edge_litert.interpreter", "mediapipe", "the mediapipe backend")
         self.model = model
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.refine = bool(refine)
         self.refine_scale = float(refine_scale)
-        self._mp_version = getattr(mp, "__version__", "unknown")
+        self._litert_version = _litert_version()
         self._weights: dict[str, str] = {}
-        self._task_sha256: dict[str, str] = {}
-        self._detector = self._create(model)
-        # refinement runs the short-range model on face crops: the same detector for
-        # model="short", a second one (created once, reused for every crop) for "full"
+        self._detector = self._create(litert.Interpreter, model)
+        # refinement runs the short-range model on face crops: the same net for model="short",
+        # a second one (created once, reused for every crop) for "full"
         self._refiner = None
         if self.refine:
-            self._refiner = self._detector if model == "short" else self._create("short")
-        # One lock for both detectors. Concurrent detect() calls on one detector gave identical
-        # results in our check, but the Tasks API does not document thread safety, so calls
-        # are serialised.
+            self._refiner = (
+                self._detector if model == "short" else self._create(litert.Interpreter, "short")
+            )
+        # One lock for both nets: a LiteRT interpreter must not run two invocations at once
+        # (its tensors are shared state); the numpy/OpenCV steps around it run unlocked.
         self._lock = threading.Lock()
 
-    def _create(self, model: str) -> Any:
-        """A Tasks ``FaceDetector`` for ``model`` ("short" or "full"), its hashes recorded."""
-        from mediapipe.tasks.python import BaseOptions, vision
-
+    def _create(self, interpreter_cls: Any, model: str) -> _Net:
+        """The LiteRT net for ``model`` ("short" or "full"), its weight hash recorded."""
         wf = weights_info(MODELS[model])
-        path = fetch(MODELS[model])
-        patched = with_task_metadata(path.read_bytes(), name=path.stem)
+        net = _Net(interpreter_cls, model)
         self._weights[wf.filename] = wf.sha256
-        self._task_sha256[wf.filename] = hashlib.sha256(patched).hexdigest()
-        options = vision.FaceDetectorOptions(
-            base_options=BaseOptions(model_asset_buffer=patched),
-            running_mode=vision.RunningMode.IMAGE,
-            min_detection_confidence=self.score_threshold,
-            min_suppression_threshold=self.nms_threshold,
-        )
-        with _repeats_collapsed():  # LiteRT warns once per sparse tensor: 46 times for "full"
-            det = vision.FaceDetector.create_from_options(options)
-        log.debug("mediapipe %s FaceDetector loaded (%s)", self._mp_version, wf.filename)
-        return det
+        log.debug("BlazeFace %s loaded in LiteRT %s", wf.filename, self._litert_version)
+        return net
 
-    def _run(self, detector: Any, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes (N, 4), scores (N,) and the 6 keypoints (N, 6, 2) in ``img`` pixels."""
-        h, w = img.shape[:2]
-        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=img)
+    def _run(self, net: _Net, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (N, 4) x1 y1 x2 y2, scores (N,) and the 6 keypoints (N, 6, 2) in ``img``
+        pixels, best first (not clipped to the image)."""
+        tensor, (side, x0, y0) = letterbox(img, net.spec.size)
         with self._lock:
-            faces = detector.detect(mp_image).detections or []
-        boxes = np.zeros((len(faces), 4), np.float32)
-        scores = np.zeros(len(faces), np.float32)
-        kp6 = np.full((len(faces), 6, 2), np.nan, np.float32)
-        for i, det in enumerate(faces):
-            bb = det.bounding_box
-            boxes[i] = (bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height)
-            scores[i] = det.categories[0].score if det.categories else np.nan
-            for k, kp in enumerate((det.keypoints or [])[:6]):
-                kp6[i, k] = (kp.x * w, kp.y * h)
-        return boxes, scores, kp6
+            raw_boxes, raw_scores = net.run(tensor)
+        cand = decode(raw_boxes, raw_scores, net.anchors, net.spec.size, self.score_threshold)
+        rel, scores, kps = weighted_nms(*cand, self.nms_threshold)
+        rel = rel.astype(np.float64)
+        corners = np.stack([rel[:, 0], rel[:, 1], rel[:, 0] + rel[:, 2], rel[:, 1] + rel[:, 3]], 1)
+        boxes = corners * side + np.array([x0, y0, x0, y0])
+        kp6 = kps.astype(np.float64) * side + np.array([x0, y0])
+        return boxes.astype(np.float32), scores, kp6.astype(np.float32)
 
     def _refine(
         self, img: np.ndarray, boxes: np.ndarray, kp6: np.ndarray
@@ -224,6 +341,8 @@ class MediaPipeDetector(BaseDetector):
         h, w = img.shape[:2]
         boxes, kp6 = boxes.copy(), kp6.copy()
         refined = np.zeros(len(boxes), bool)
+        if self._refiner is None:  # refine=False
+            return boxes, kp6, refined
         for i, (x1, y1, x2, y2) in enumerate(boxes.astype(np.float64)):
             side = int(round(self.refine_scale * max(x2 - x1, y2 - y1)))
             if side < 8:
@@ -275,57 +394,23 @@ class MediaPipeDetector(BaseDetector):
         return Detections(boxes, scores, landmarks, extra)
 
     def _parameters(self) -> dict[str, Any]:
-        """Parameters, and the sha256 of each weight file's copy with metadata added."""
+        """Parameters, the input normalisation and the LiteRT version."""
         return {
             "model": self.model,
             "score_threshold": self.score_threshold,
             "nms_threshold": self.nms_threshold,
             "refine": self.refine,
             "refine_scale": self.refine_scale,
-            "task_model_sha256": dict(self._task_sha256),
             "normalization": {"mean": NORM_MEAN, "std": NORM_STD},
-            "mediapipe": self._mp_version,
+            "litert": self._litert_version,
         }
 
-    def close(self) -> None:
-        """Release the MediaPipe graphs."""
-        det, self._detector = getattr(self, "_detector", None), None
-        ref, self._refiner = getattr(self, "_refiner", None), None
-        for d in {id(x): x for x in (det, ref) if x is not None}.values():
-            d.close()
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: nothing left to release
-            pass
+def _litert_version() -> str:
+    """The installed ai-edge-litert version (recorded in provenance)."""
+    try:
+        return importlib.metadata.version("ai-edge-litert")
+    except importlib.metadata.PackageNotFoundError:  # imported from a source tree
+        import ai_edge_litert
 
-
-@contextlib.contextmanager
-def _repeats_collapsed() -> Iterator[None]:
-    """Capture what native code writes to the process's stderr (file descriptor 2) meanwhile,
-    then write it back with each repeated line once, followed by how many times it came.
-
-    LiteRT logs from C++ straight to the descriptor, past Python's ``sys.stderr`` and its
-    ``logging``, and has no switch to quiet it; nothing is dropped, only repeats are counted.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            lines = tmp.read().decode("utf-8", "replace").splitlines()
-            counts = collections.Counter(lines)
-            out = []
-            for line in dict.fromkeys(lines):  # first appearance order
-                n = counts[line]
-                out.append(line if n == 1 else f"{line} (x{n})")
-            if out:
-                sys.stderr.write("\n".join(out) + "\n")
-                sys.stderr.flush()
+        return str(getattr(ai_edge_litert, "__version__", "unknown"))

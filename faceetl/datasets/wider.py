@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import require
 from .annotation import ImageAnnotation
 
 WIDER_ATTRIBUTES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
@@ -182,7 +183,7 @@ def _mat_str(x: Any) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _read_gt_cached(gt_dir: str) -> WiderGT:
-    from scipy.io import loadmat
+    loadmat = require("scipy.io", "eval", "reading WIDER FACE's .mat ground truth").loadmat
 
     root = Path(gt_dir)
     full = loadmat(root / "wider_face_val.mat")

@@ -12,9 +12,8 @@ Crop files (``crop_path``) and originals (``path``) may be local paths or fsspec
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
@@ -23,6 +22,9 @@ from ..align import crop_face, estimate_transform
 from ..images import decode_png, load_image
 from ..predictors.base import REGISTRY, get_predictor, output_columns
 from .progress import images_planned, remember_images
+
+if TYPE_CHECKING:  # dask.dataframe loads on first use: it is most of faceetl's import time
+    import dask.dataframe as dd
 
 
 def _crops_for(

@@ -1,9 +1,9 @@
 """Computing a face frame with progress counted in images (img/s, ETA) and a one-line summary.
 
 Dask's own bars count tasks (one per partition of up to 64 images) and say nothing at the end.
-Here each finished partition adds its images: a tqdm bar on a terminal or, in a notebook with
-ipywidgets, a widget; in a log file (no terminal) a plain line every ``LOG_EVERY`` seconds,
-never a bare carriage return.
+Here each finished partition adds its images: a tqdm bar on a terminal or in a notebook (tqdm's
+widget where ipywidgets imports, else its plain bar); in a log file (no terminal) a plain line
+every ``LOG_EVERY`` seconds, never a bare carriage return.
 """
 
 from __future__ import annotations
@@ -50,9 +50,7 @@ class ImageProgress:
         self._bar = None
         if not enabled:
             return
-        if _in_notebook() or sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
+        if _in_kernel() or sys.stderr.isatty():
             self._bar = tqdm(total=total, unit="img", desc="faceetl", smoothing=0.1)
 
     def update(self, n: int) -> None:
@@ -91,18 +89,37 @@ def _duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _in_notebook() -> bool:
+def _in_kernel() -> bool:
+    """Whether this runs in a Jupyter kernel (a notebook), without importing IPython."""
+    if "IPython" not in sys.modules:
+        return False
     try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        if shell is None or "IPKernelApp" not in getattr(shell, "config", {}):
-            return False
-        import ipywidgets  # noqa: F401 (tqdm's widget needs it; without it, no widget)
-
-        return True
+        shell = sys.modules["IPython"].get_ipython()
     except Exception:
         return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _in_notebook() -> bool:
+    """Whether tqdm's notebook widget can show: a Jupyter kernel where ipywidgets imports."""
+    if not _in_kernel():
+        return False
+    try:
+        import ipywidgets  # noqa: F401 (tqdm's widget needs it; without it, no widget)
+    except ImportError:
+        return False
+    return True
+
+
+def tqdm(*args: Any, **kwargs: Any) -> Any:
+    """A tqdm bar (tqdm's arguments): the notebook widget where :func:`_in_notebook`, else the
+    plain text bar. Not ``tqdm.auto``, which in a notebook without ipywidgets warns "IProgress
+    not found" before it falls back to the plain bar."""
+    if _in_notebook():
+        from tqdm.notebook import tqdm as bar
+    else:
+        from tqdm import tqdm as bar
+    return bar(*args, **kwargs)
 
 
 #: the columns of a frame of counts (:func:`counts`)

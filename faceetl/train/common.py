@@ -57,7 +57,7 @@ def progress(it: Any, enabled: bool, desc: str, unit: str = "batch") -> Any:
     """``it`` wrapped in a tqdm bar (notebook-aware) when ``enabled``."""
     if not enabled:
         return it
-    from tqdm.auto import tqdm
+    from ..pipeline.progress import tqdm
 
     return tqdm(it, desc=desc, unit=unit, leave=True)
 
