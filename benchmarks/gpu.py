@@ -9,8 +9,11 @@ Builds ``--n`` JPEGs (the shared photos, plus 1024x768 re-encodings of them), th
 - ``facenet-pytorch MTCNN`` on the same images (when it is installed);
 - ``reference loop``: a per-image loop in the style of the reference RetinaFace script
   (read, detect one image, next).
-Every figure comes from this run; ratios compare figures of this run. ``--json`` writes the
-table too. On a CPU, ``--device cpu --n 32`` runs the same code in about a minute (CI runs it).
+Every figure comes from this run; ratios compare figures of this run. ``--profile N`` ends
+with a torch profile of faceetl's retinaface pipeline on N of the images (in process, threaded
+scheduler): the time of each pipeline stage (``faceetl.decode``, ``faceetl.detect``,
+``faceetl.device-crops``, ``faceetl.rows``) and the costliest operators. ``--json`` writes the
+table (and the profile's top items) too. On a CPU, ``--device cpu --n 32`` runs the same code in about a minute (CI runs it).
 
     python benchmarks/gpu.py --device cuda --n 3000 --json gpu.json
     python benchmarks/gpu.py --device cpu --n 32
@@ -146,12 +149,65 @@ def time_reference_loop(paths: list[str], device: str) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def profile_pipeline(paths: list[str], device: str, top: int = 15) -> list[dict]:
+    """Where an image's time goes in an in-process retinaface run: seconds per pipeline stage
+    (summed over threads) and torch's profile of the costliest operators."""
+    import dask
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import faceetl
+    from faceetl.pipeline.extract import stage_seconds
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device != "cpu" else [])
+    run = faceetl.extract_faces(paths, backend="retinaface", device=device)
+    n = len(paths)
+    # the sync scheduler runs the partitions in this thread, which the profiler records
+    with dask.config.set(scheduler="sync"):
+        faceetl.extract_faces(paths[:4], backend="retinaface", device=device).compute()  # warm
+        stage_seconds(reset=True)
+        with profile(activities=acts) as prof:
+            run.compute()
+        if device != "cpu":
+            torch.cuda.synchronize()
+    stages = [
+        {"name": f"stage {k}", "cpu_ms_per_img": 1000 * v / n, "device_ms_per_img": None}
+        for k, v in sorted(stage_seconds().items(), key=lambda kv: -kv[1])
+    ]
+
+    def item(e) -> dict:
+        dev_us = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
+        return {
+            "name": e.key,
+            "cpu_ms_per_img": e.self_cpu_time_total / 1000 / n,
+            "device_ms_per_img": dev_us / 1000 / n,
+            "calls": e.count,
+        }
+
+    ops = sorted(
+        (item(e) for e in prof.key_averages() if not e.key.startswith("faceetl.")),
+        key=lambda r: -max(r["device_ms_per_img"], r["cpu_ms_per_img"]),
+    )[:top]
+    print(f"profile: retinaface pipeline, {n} images, ms per image")
+    print("  stages (wall time summed over threads):")
+    for r in stages:
+        print(f"    {r['name']:<40}{r['cpu_ms_per_img']:>9.2f}")
+    print("  operators (self CPU, device):")
+    for r in ops:
+        print(
+            f"    {r['name'][:56]:<56}{r['cpu_ms_per_img']:>9.2f}"
+            f"{r['device_ms_per_img']:>9.2f}{r['calls']:>8}"
+        )
+    return stages + ops
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--n", type=int, default=3000, help="number of JPEGs")
     ap.add_argument("--batch", type=int, default=64, help="decode / network batch")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--profile", type=int, default=0, help="profile the pipeline on N images")
     args = ap.parse_args()
     if args.device == "cpu":
         import torch
@@ -168,6 +224,7 @@ def main() -> None:
         rows["mtcnn"] = time_faceetl(paths, "mtcnn", args.device, tmp / "out")
         rows["facenet-pytorch MTCNN"] = time_facenet_mtcnn(paths, args.device)
         rows["reference loop"] = time_reference_loop(paths[: max(8, len(paths) // 8)], args.device)
+        profile = profile_pipeline(paths[: args.profile], args.device) if args.profile else None
     slower = min(rows["decode"], rows["network"])
     ratios = {
         "retinaface / min(decode, network)": rows["retinaface"] / slower,
@@ -190,7 +247,14 @@ def main() -> None:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"device": device_name, "n": args.n, "img_s": rows, "ratios": ratios}, indent=1
+                {
+                    "device": device_name,
+                    "n": args.n,
+                    "img_s": rows,
+                    "ratios": ratios,
+                    "profile": profile,
+                },
+                indent=1,
             )
         )
 

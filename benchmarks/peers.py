@@ -11,8 +11,9 @@ and the best of ``--repeat`` passes over all photos counts, after one warm-up pa
   model's mean, confidence > 0.5);
 - dlib: faceetl's default (HOG, upsample 1, 68 points) against dlib's HOG detector and 68-point
   shape predictor called directly;
-- mediapipe: faceetl's default (full model) against the BlazeFace full-range model through
-  LiteRT called directly with only the work any caller must do (resize to 192, scale to
+- mediapipe: faceetl's default (short model, keypoints refined on a second pass per face), and
+  without refinement, against the same BlazeFace short-range model through
+  LiteRT called directly with only the work any caller must do (resize to 128, scale to
   [-1, 1], invoke, scores through a sigmoid) -- a lower bound for any wrapper, not a product;
 - mtcnn: faceetl against facenet-pytorch's ``MTCNN(keep_all=True).detect`` where it imports
   (it pins torch<2.3; ``pip install --no-deps facenet-pytorch`` into a folder on PYTHONPATH);
@@ -110,16 +111,17 @@ def peer_mediapipe() -> Callable[[np.ndarray], int]:
 
     from faceetl.weights import fetch
 
-    it = Interpreter(model_path=str(fetch("mediapipe_face_detection_full_range_sparse")))
+    it = Interpreter(model_path=str(fetch("mediapipe_face_detection_short_range")))
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()
     scores_idx = next(o["index"] for o in out if o["shape"][-1] == 1)
 
     def run(im: np.ndarray) -> int:
-        x = cv2.resize(im, (192, 192)).astype(np.float32) / 127.5 - 1.0
+        x = cv2.resize(im, (128, 128)).astype(np.float32) / 127.5 - 1.0
         it.set_tensor(inp["index"], x[None])
         it.invoke()
-        s = 1.0 / (1.0 + np.exp(-np.clip(it.get_tensor(scores_idx).ravel(), -100, 100)))
+        logits = it.get_tensor(scores_idx).ravel().astype(np.float64)
+        s = 1.0 / (1.0 + np.exp(-np.clip(logits, -100, 100)))
         return int((s > 0.5).sum())  # raw anchors over the threshold (no NMS): not a face count
 
     return run
@@ -173,6 +175,13 @@ PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
     ("ssd eyes=False", "ssd", {"eyes": False}, peer_ssd, "OpenCV DNN SSD, direct"),
     ("dlib", "dlib", {}, peer_dlib, "dlib HOG + 68 points, direct"),
     ("mediapipe", "mediapipe", {}, peer_mediapipe, "LiteRT invoke + sigmoid (lower bound)"),
+    (
+        "mediapipe refine=False",
+        "mediapipe",
+        {"refine": False},
+        peer_mediapipe,
+        "LiteRT invoke + sigmoid (lower bound)",
+    ),
     ("mtcnn", "mtcnn", {}, peer_mtcnn, "facenet-pytorch MTCNN"),
     ("retinaface", "retinaface", {}, peer_retinaface, "reference-style loop, same net"),
 ]

@@ -17,7 +17,7 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     r = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--n", "12",
-         "--json", str(out)],
+         "--profile", "8", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -27,3 +27,6 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
         assert table["img_s"][what] > 0, what
     assert table["ratios"]["retinaface / min(decode, network)"] > 0
     assert "retinaface / reference loop" in r.stdout
+    stages = {p["name"] for p in table["profile"]}
+    assert {"stage decode", "stage detect", "stage rows"} <= stages, stages
+    assert any(not n.startswith("stage ") for n in stages)  # and torch's operators

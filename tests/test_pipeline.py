@@ -265,6 +265,9 @@ def test_cluster_caps_workers_at_cores_and_closes_with_its_client():
     with faceetl.cluster(concurrency=1, dashboard_address=None, quiet=True) as c2:
         assert len(c2.cluster.workers) == 1
         lc2 = c2.cluster
+        # a CPU worker's core detects: one more thread decodes its next batch beside it
+        threads = c2.run(lambda: __import__("os").environ.get("FACEETL_IO_THREADS"))
+        assert set(threads.values()) == {"1"}
     assert lc2.status.name == "closed"
 
 

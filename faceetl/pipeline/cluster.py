@@ -69,7 +69,12 @@ def script_safe_nanny() -> type:
     return ScriptSafeNanny
 
 
-def _worker_environ() -> dict[str, Any]:
+#: threads each process gives to decoding the next batch and encoding crops (see
+#: :func:`faceetl.pipeline.extract.io_pool`); cluster() sets it in its workers' environment
+ENV_IO_THREADS = "FACEETL_IO_THREADS"
+
+
+def _worker_environ(io_threads: int | None = None) -> dict[str, Any]:
     """Dask's environment for new workers, without ``MALLOC_TRIM_THRESHOLD_``.
 
     Setting that variable turns off glibc's adaptive mmap threshold, so every large tensor or
@@ -81,6 +86,8 @@ def _worker_environ() -> dict[str, Any]:
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    if io_threads is not None:
+        env[ENV_IO_THREADS] = str(io_threads)
     return env
 
 
@@ -133,9 +140,13 @@ def cluster(
     use_gpu = (ngpu > 0 and (spec is None or spec.gpu)) if gpu is None else gpu
     import dask
 
+    # the cores left to decoding and encoding beside the detectors: on a GPU worker all its
+    # share of the cores (decode fallback, PNG encoding); a CPU worker's own core is busy
+    # detecting, so one more thread there keeps the next batch decoding without oversubscribing
+    io_threads = max(2, cpu_cores() // max(1, ngpu)) if use_gpu else 1
     with (
         _script_not_reimported(),
-        dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}),
+        dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(io_threads)}),
     ):
         if use_gpu:
             try:

@@ -8,6 +8,8 @@ one row with ``face == -1`` and status ``no_face`` / ``error: <reason>``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import glob as _glob
 import hashlib
 import json
@@ -16,23 +18,37 @@ import math
 import os
 import posixpath
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
 from .. import config, schema, storage
 from ..align import AlignSpec, crop_face, estimate_transform
 from ..backends.base import REGISTRY, Detections, get_backend
-from ..images import ImageError, crop_extension, encode_crop, frame_path, load_image
+from ..batched import decode_jpegs
+from ..images import (
+    ImageError,
+    crop_extension,
+    encode_crop,
+    frame_path,
+    load_image,
+    parse_crop_format,
+    read_image_bytes,
+)
 from ..predictors.base import REGISTRY as PREDICTORS
 from ..predictors.base import output_columns
-from .cluster import cpu_cores
+from .cluster import ENV_IO_THREADS, cpu_cores
 from .predict import predict_rows
 from .progress import compute_frame, images_planned, remember_images
+
+if TYPE_CHECKING:  # dask.dataframe loads on first use: it is most of faceetl's import time
+    import dask.dataframe as dd
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +57,38 @@ IMAGE_EXTENSIONS = (
 )  # fmt: skip
 DEFAULT_PARTITION_SIZE = 64
 DEFAULT_BATCH_SIZE = 16
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def io_pool() -> ThreadPoolExecutor:
+    """This process's threads for decoding the next batch and encoding crops.
+
+    One pool per process, shared by every partition running here: OpenCV's decoders and
+    encoders release the GIL, so they run beside the detector (which holds a core, or waits on
+    a GPU). As many threads as cores, or ``FACEETL_IO_THREADS`` (what :func:`cluster` gives
+    each worker: its share of the cores on a GPU machine, 1 beside a CPU worker's detector).
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            n = int(os.environ.get(ENV_IO_THREADS) or 0) or max(2, cpu_cores())
+            _POOL = ThreadPoolExecutor(n, thread_name_prefix="faceetl-io")
+        return _POOL
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child has none of the parent's threads: it starts its own pool
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _in_pool(fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` on :func:`io_pool`, under this thread's settings (a copied context)."""
+    return io_pool().submit(contextvars.copy_context().run, fn, *args)
 
 
 def _list_folder(folder: str, extensions: Sequence[str] | None) -> list[str]:
@@ -120,6 +168,8 @@ def read_images(
     :func:`auto_partition_size`, from the number of paths and of workers) unless ``npartitions``
     is given.
     """
+    import dask.dataframe as dd
+
     if isinstance(source, dd.DataFrame):
         if "path" not in source.columns:
             raise ValueError("the DataFrame needs a 'path' column")
@@ -234,19 +284,34 @@ def _face_rows(
     keep_crops: bool,
     storage_options: dict[str, Any] | None = None,
     crop_format: str = "png",
+    crops: list[Callable[[], bytes]] | None = None,
 ) -> list[dict[str, Any]]:
-    h, w = image.shape[:2]
+    """The rows of one image's faces; ``crops``: their encoded crops where they were made
+    already (on the device, see :func:`_device_crops`), else made here from ``image``."""
+    h, w = (int(v) for v in image.shape[:2])
     base = {**base, "image_width": w, "image_height": h}
     if len(det) == 0:
         return [{**base, "status": schema.STATUS_NO_FACE}]
     rows = []
+    shapes = getattr(det, "shapes", None)
+    fits = [
+        estimate_transform(
+            det.landmarks[k], det.boxes[k], spec, None if shapes is None else shapes[k]
+        )
+        for k in range(len(det))
+    ]
+    if not keep_crops and crop_dir is None:  # nobody keeps the crops: none are made
+        crops = [lambda: None] * len(fits)
+    elif crops is None:  # the faces' crops are encoded side by side (the encoders release the GIL)
+        image = _host(image)
+        crops = [
+            _in_pool(encode_crop, crop_face(image, m, spec), crop_format).result for m, _ in fits
+        ]
     for k in range(len(det)):
-        box = det.boxes[k]
-        lm = det.landmarks[k]
-        shapes = getattr(det, "shapes", None)
+        box, lm = det.boxes[k], det.landmarks[k]
         shape = None if shapes is None else shapes[k]
-        m, method = estimate_transform(lm, box, spec, shape)
-        png = encode_crop(crop_face(image, m, spec), crop_format)
+        m, method = fits[k]
+        png = crops[k]()
         crop_path = None
         if crop_dir is not None:
             rel = crop_relpath(path, crop_root, k, crop_extension(crop_format))
@@ -271,6 +336,82 @@ def _face_rows(
             }
         )
     return rows
+
+
+_STAGES: dict[str, float] = {}
+_STAGES_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Time spent in a pipeline stage, summed over this process's threads (see
+    :func:`stage_seconds`), and a named range ``faceetl.<name>`` for torch's profiler where
+    torch is loaded (free when no profiler runs)."""
+    torch = sys.modules.get("torch")
+    rng = torch.profiler.record_function(f"faceetl.{name}") if torch else contextlib.nullcontext()
+    start = time.perf_counter()
+    try:
+        with rng:
+            yield
+    finally:
+        with _STAGES_LOCK:
+            _STAGES[name] = _STAGES.get(name, 0.0) + time.perf_counter() - start
+
+
+def stage_seconds(reset: bool = False) -> dict[str, float]:
+    """Seconds this process spent in each pipeline stage (``decode``, ``detect``,
+    ``device-crops``, ``rows``, ``predict``), summed over threads: where the time goes."""
+    with _STAGES_LOCK:
+        out = dict(_STAGES)
+        if reset:
+            _STAGES.clear()
+    return out
+
+
+def _host(image: Any) -> np.ndarray:
+    """An image as a host numpy array (a device tensor is copied over)."""
+    return image if isinstance(image, np.ndarray) else image.cpu().numpy()
+
+
+def _device_crops(
+    images: list[Any], results: list[Any], spec: AlignSpec, crop_format: str
+) -> list[list[Callable[[], bytes]] | None]:
+    """Per image, its faces' encoded crops, aligned where the images are (one batched warp per
+    image on their device, :func:`faceetl.batched.warp_faces`); JPEG crops are encoded there
+    too where torchvision can (nvjpeg), the others from the host in the I/O threads. None for
+    an image whose crops :func:`_face_rows` makes (failed detection, or the dlib template,
+    whose chips follow dlib's own resampling on the host)."""
+    from ..batched import encode_jpegs, warp_faces
+
+    out: list[list[Callable[[], bytes]] | None] = [None] * len(images)
+    if spec.template == "dlib":
+        return out
+    for n, (image, det) in enumerate(zip(images, results, strict=True)):
+        if isinstance(det, Exception) or len(det) == 0:
+            continue
+        shapes = getattr(det, "shapes", None)
+        mats = [
+            estimate_transform(
+                det.landmarks[k], det.boxes[k], spec, None if shapes is None else shapes[k]
+            )[0]
+            for k in range(len(det))
+        ]
+        try:
+            chw = image.permute(2, 0, 1)[None]
+            faces = warp_faces(chw, [0] * len(mats), mats, spec.size)  # (F, 3, S, S) uint8
+        except Exception as e:  # e.g. out of device memory: this image's crops come from the host
+            log.warning(
+                "device alignment failed (%s: %s); aligning on the host", type(e).__name__, e
+            )
+            continue
+        name, quality = parse_crop_format(crop_format)
+        encoded = encode_jpegs(faces, quality) if name == "jpeg" else None
+        if encoded is not None:
+            out[n] = [(lambda b=b: b) for b in encoded]
+        else:
+            host = faces.permute(0, 2, 3, 1).cpu().numpy()
+            out[n] = [_in_pool(encode_crop, host[k], crop_format).result for k in range(len(host))]
+    return out
 
 
 def _detect_isolating(detector: Any, images: list[np.ndarray]) -> list[Detections | Exception]:
@@ -368,57 +509,126 @@ def _extract_partition(
         rows.extend(new)
         origin.extend([i] * len(new))
 
+    def error_row(i: int, e: Exception) -> dict[str, Any]:
+        base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
+        # an ImageError says what is wrong in words; anything else (permissions, ...) by type
+        why = str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
+        return {**base, "status": schema.error_status(why)}
+
+    def load(i: int) -> Any:
+        """Image ``i`` (RGB uint8, on the host), or its error row."""
+        try:
+            with _stage("decode"):
+                return load_image(paths[i], max_pixels, storage_options)
+        except Exception as e:
+            return error_row(i, e)
+
+    def load_on_device(batch: range) -> list[Any]:
+        """The images of ``batch`` decoded on the detector's device (nvjpeg for JPEGs, the CPU
+        decoder for the rest and for what nvjpeg refuses), as (H, W, 3) tensors, or error rows."""
+        datas: list[bytes] = []
+        out: list[Any] = []
+        for i in batch:
+            try:
+                datas.append(read_image_bytes(paths[i], storage_options))
+                out.append(None)
+            except Exception as e:
+                out.append(error_row(i, e))
+        try:
+            with _stage("decode"):
+                decoded = iter(decode_jpegs(datas, device, max_pixels) if datas else [])
+        except Exception as e:  # the device itself failed (memory, driver): decode on the host
+            log.warning("device decode failed (%s: %s); decoding on the host", type(e).__name__, e)
+            import torch
+
+            decoded = iter(
+                [
+                    got if isinstance(got, dict) else torch.from_numpy(got).permute(2, 0, 1)
+                    for got in (load(i) for k, i in enumerate(batch) if out[k] is None)
+                ]
+            )
+        for k, i in enumerate(batch):
+            if out[k] is None:
+                t = next(decoded)
+                if isinstance(t, dict):  # an error row already (host fallback)
+                    out[k] = t
+                elif isinstance(t, Exception):
+                    out[k] = error_row(i, t)
+                else:
+                    out[k] = t.permute(1, 2, 0)
+        return out
+
+    def prefetch(start: int) -> list[tuple[int, Callable[[], Any]]]:
+        """Start decoding the batch at ``start``: its images side by side on the host, or the
+        whole batch in one device decode."""
+        batch = range(start, min(start + batch_size, len(paths)))
+        if device is None:
+            return [(i, _in_pool(load, i).result) for i in batch]
+        whole = _in_pool(load_on_device, batch)
+        return [(i, lambda k=k: whole.result()[k]) for k, i in enumerate(batch)]
+
+    device = getattr(detector, "input_device", None)  # where the backend takes its images
     predicted: dict[str, list[Any]] = {}
+    upcoming = prefetch(0)
     for start in range(0, len(paths), batch_size):
         first = len(rows)
+        loading = upcoming
+        # the next batch decodes while this one is detected, aligned and encoded
+        upcoming = prefetch(start + batch_size) if start + batch_size < len(paths) else []
         idx, images = [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
-            try:
-                images.append(load_image(paths[i], max_pixels, storage_options))
+        for i, got in loading:
+            image = got()
+            if isinstance(image, dict):
+                emit(i, [image])
+            else:
+                images.append(image)
                 idx.append(i)
-            except ImageError as e:
-                emit(i, [{**base, "status": schema.error_status(str(e))}])
-            except Exception as e:  # unreadable file, permissions, ...
-                emit(i, [{**base, "status": schema.error_status(f"{type(e).__name__}: {e}")}])
-        results = _detect_isolating(detector, images) if images else []
-        for i, image, det in zip(idx, images, results, strict=True):
-            base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
-            h, w = image.shape[:2]
-            if isinstance(det, Exception):
-                status = schema.error_status(f"detection failed ({type(det).__name__}: {det})")
-                emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
-                continue
-            try:
-                emit(
-                    i,
-                    _face_rows(
-                        paths[i],
-                        image,
-                        det,
-                        base,
-                        spec,
-                        crop_dir,
-                        crop_root,
-                        keep_crops,
-                        storage_options,
-                        crop_format,
-                    ),
-                )
-            except OutputError:
-                raise
-            except Exception as e:
-                status = schema.error_status(f"alignment failed ({type(e).__name__}: {e})")
-                emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
+        del loading
+        with _stage("detect"):
+            results = _detect_isolating(detector, images) if images else []
+        with _stage("device-crops"):
+            wanted = device and (keep_crops or crop_dir is not None)
+            crops = _device_crops(images, results, spec, crop_format) if wanted else None
+        with _stage("rows"):  # alignment and encoding on the host happen here
+            for n, (i, image, det) in enumerate(zip(idx, images, results, strict=True)):
+                base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
+                h, w = image.shape[:2]
+                if isinstance(det, Exception):
+                    status = schema.error_status(f"detection failed ({type(det).__name__}: {det})")
+                    emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
+                    continue
+                try:
+                    emit(
+                        i,
+                        _face_rows(
+                            paths[i],
+                            image,
+                            det,
+                            base,
+                            spec,
+                            crop_dir,
+                            crop_root,
+                            keep_crops,
+                            storage_options,
+                            crop_format,
+                            None if crops is None else crops[n],
+                        ),
+                    )
+                except OutputError:
+                    raise
+                except Exception as e:
+                    status = schema.error_status(f"alignment failed ({type(e).__name__}: {e})")
+                    emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
         if predictors:
-            in_memory = {paths[i]: im for i, im in zip(idx, images, strict=True)}
-            batch = predict_rows(
-                schema.frame(rows[first:]),
-                [(m, p) for m, p, _ in predictors],
-                in_memory,
-                plugins=[pl for _, _, pl in predictors],
-                storage_options=storage_options,
-            )
+            in_memory = {paths[i]: _host(im) for i, im in zip(idx, images, strict=True)}
+            with _stage("predict"):
+                batch = predict_rows(
+                    schema.frame(rows[first:]),
+                    [(m, p) for m, p, _ in predictors],
+                    in_memory,
+                    plugins=[pl for _, _, pl in predictors],
+                    storage_options=storage_options,
+                )
             for c in batch.columns[len(schema.SCHEMA) :]:
                 predicted.setdefault(c, []).extend(batch[c].tolist())
         del images
@@ -463,6 +673,8 @@ def extract_faces(
     ``(name, params)`` pairs, or ``{name: params}``; their columns follow the others, as
     :func:`faceetl.predict` adds them.
     """
+    import dask.dataframe as dd
+
     REGISTRY.check(backend, backend_params)  # unknown names fail here, not on the workers
     crop_extension(crop_format)  # an unknown format fails here
     models = _predictor_list(predict)
