@@ -81,14 +81,20 @@ def test_pipeline_on_a_cuda_cluster_equals_cpu_rows(tmp_path) -> None:
         gpu = pife.extract(paths, tmp_path / "gpu").compute()
         workers = pife._client.scheduler_info()["workers"]
     assert len(workers) >= 1
-    cpu = cpu.sort_values(["path", "face"]).reset_index(drop=True)
-    gpu = gpu.sort_values(["path", "face"]).reset_index(drop=True)
-    assert list(cpu["path"]) == list(gpu["path"]) and list(cpu["status"]) == list(gpu["status"])
+    _same_rows(cpu, gpu)
+
+
+def _same_rows(a, b):
+    """The same paths, faces and statuses, boxes within a pixel (or 1% of the face where a photo
+    over max_side is downscaled by torch on the device); both frames sorted, returned."""
+    a = a.sort_values(["path", "face"]).reset_index(drop=True)
+    b = b.sort_values(["path", "face"]).reset_index(drop=True)
+    assert list(a["path"]) == list(b["path"]) and list(a["status"]) == list(b["status"])
     box = ["x1", "y1", "x2", "y2"]
-    diff = np.nan_to_num(np.abs(cpu[box].to_numpy() - gpu[box].to_numpy()).max(axis=1))
-    size = np.nan_to_num((cpu["x2"] - cpu["x1"]).to_numpy())
-    # within a pixel; a photo over max_side is downscaled by torch on the device (1% of the face)
+    diff = np.nan_to_num(np.abs(a[box].to_numpy() - b[box].to_numpy()).max(axis=1))
+    size = np.nan_to_num((a["x2"] - a["x1"]).to_numpy())
     assert (diff <= np.maximum(1.0, 0.01 * size)).all(), diff.max()
+    return a, b
 
 
 def test_device_path_on_cuda_gives_the_host_rows(tmp_path) -> None:
@@ -104,13 +110,7 @@ def test_device_path_on_cuda_gives_the_host_rows(tmp_path) -> None:
         host = extract_faces(paths, tensor_inputs=False, **kw).compute()
         dev = extract_faces(paths, crop_dir=str(tmp_path), **kw).compute()
     assert '"tensor_inputs": true' in dev["provenance"].iloc[0]
-    host = host.sort_values(["path", "face"]).reset_index(drop=True)
-    dev = dev.sort_values(["path", "face"]).reset_index(drop=True)
-    assert list(host["path"]) == list(dev["path"]) and list(host["status"]) == list(dev["status"])
-    box = ["x1", "y1", "x2", "y2"]
-    diff = np.nan_to_num(np.abs(host[box].to_numpy() - dev[box].to_numpy()).max(axis=1))
-    size = np.nan_to_num((host["x2"] - host["x1"]).to_numpy())
-    assert (diff <= np.maximum(1.0, 0.01 * size)).all(), diff.max()
+    host, dev = _same_rows(host, dev)
     ok = dev["status"] == "ok"
     for a, b in zip(host["crop"][ok], dev["crop"][ok], strict=True):
         assert b[:2] == b"\xff\xd8"  # encoded as JPEG on the device
