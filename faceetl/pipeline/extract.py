@@ -285,21 +285,19 @@ def _face_rows(
     storage_options: dict[str, Any] | None = None,
     crop_format: str = "png",
     crops: list[Callable[[], bytes]] | None = None,
+    fits: list[tuple[np.ndarray, str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The rows of one image's faces; ``crops``: their encoded crops where they were made
-    already (on the device, see :func:`_device_crops`), else made here from ``image``."""
+    """The rows of one image's faces; ``fits``: their transforms (:func:`_transforms`) where
+    fitted already; ``crops``: their encoded crops where they were made already (on the device,
+    see :func:`_device_crops`), else made here from ``image``."""
     h, w = (int(v) for v in image.shape[:2])
     base = {**base, "image_width": w, "image_height": h}
     if len(det) == 0:
         return [{**base, "status": schema.STATUS_NO_FACE}]
     rows = []
     shapes = getattr(det, "shapes", None)
-    fits = [
-        estimate_transform(
-            det.landmarks[k], det.boxes[k], spec, None if shapes is None else shapes[k]
-        )
-        for k in range(len(det))
-    ]
+    if fits is None:
+        fits = _transforms(det, spec)
     if not keep_crops and crop_dir is None:  # nobody keeps the crops: none are made
         crops = [lambda: None] * len(fits)
     elif crops is None:  # the faces' crops are encoded side by side (the encoders release the GIL)
@@ -373,29 +371,35 @@ def _host(image: Any) -> np.ndarray:
     return image if isinstance(image, np.ndarray) else image.cpu().numpy()
 
 
+def _transforms(det: Detections, spec: AlignSpec) -> list[tuple[np.ndarray, str]]:
+    """Each face's image-to-crop transform and how it was fitted (landmarks, shape or box)."""
+    shapes = getattr(det, "shapes", None)
+    return [
+        estimate_transform(
+            det.landmarks[k], det.boxes[k], spec, None if shapes is None else shapes[k]
+        )
+        for k in range(len(det))
+    ]
+
+
 def _device_crops(
-    images: list[Any], results: list[Any], spec: AlignSpec, crop_format: str
+    images: list[Any], fits: list[Any], spec: AlignSpec, crop_format: str
 ) -> list[list[Callable[[], bytes]] | None]:
     """Per image, its faces' encoded crops, aligned where the images are (one batched warp per
     image on their device, :func:`faceetl.batched.warp_faces`); JPEG crops are encoded there
     too where torchvision can (nvjpeg), the others from the host in the I/O threads. None for
-    an image whose crops :func:`_face_rows` makes (failed detection, or the dlib template,
-    whose chips follow dlib's own resampling on the host)."""
+    an image whose crops :func:`_face_rows` makes (failed detection or fit, or the dlib
+    template, whose chips follow dlib's own resampling on the host). ``fits``: per image its
+    :func:`_transforms`, or None / the exception where there are none."""
     from ..batched import encode_jpegs, warp_faces
 
     out: list[list[Callable[[], bytes]] | None] = [None] * len(images)
     if spec.template == "dlib":
         return out
-    for n, (image, det) in enumerate(zip(images, results, strict=True)):
-        if isinstance(det, Exception) or len(det) == 0:
+    for n, (image, fit) in enumerate(zip(images, fits, strict=True)):
+        if not isinstance(fit, list) or not fit:
             continue
-        shapes = getattr(det, "shapes", None)
-        mats = [
-            estimate_transform(
-                det.landmarks[k], det.boxes[k], spec, None if shapes is None else shapes[k]
-            )[0]
-            for k in range(len(det))
-        ]
+        mats = [m for m, _ in fit]
         try:
             chw = image.permute(2, 0, 1)[None]
             faces = warp_faces(chw, [0] * len(mats), mats, spec.size)  # (F, 3, S, S) uint8
@@ -586,9 +590,15 @@ def _extract_partition(
         del loading
         with _stage("detect"):
             results = _detect_isolating(detector, images) if images else []
+        fits: list[Any] = []  # per image its transforms, None (no detection) or the error
+        for det in results:
+            try:
+                fits.append(None if isinstance(det, Exception) else _transforms(det, spec))
+            except Exception as e:  # becomes the image's "alignment failed" row
+                fits.append(e)
         with _stage("device-crops"):
             wanted = device and (keep_crops or crop_dir is not None)
-            crops = _device_crops(images, results, spec, crop_format) if wanted else None
+            crops = _device_crops(images, fits, spec, crop_format) if wanted else None
         with _stage("rows"):  # alignment and encoding on the host happen here
             for n, (i, image, det) in enumerate(zip(idx, images, results, strict=True)):
                 base = {**schema.empty_row(paths[i]), "backend": backend, "provenance": prov}
@@ -598,6 +608,8 @@ def _extract_partition(
                     emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
                     continue
                 try:
+                    if isinstance(fits[n], Exception):
+                        raise fits[n]  # its fit failed: the "alignment failed" row below
                     emit(
                         i,
                         _face_rows(
@@ -612,6 +624,7 @@ def _extract_partition(
                             storage_options,
                             crop_format,
                             None if crops is None else crops[n],
+                            fits[n],
                         ),
                     )
                 except OutputError:
