@@ -5,16 +5,21 @@ one process, one thread (``OMP_NUM_THREADS=1``, ``cv2.setNumThreads(1)``,
 ``torch.set_num_threads(1)``), each pair is timed in turns (faceetl, peer, faceetl, peer, ...)
 and the best of ``--repeat`` passes over all photos counts, after one warm-up pass each:
 
-- opencv: faceetl's default (Haar face cascade + eye centres) against OpenCV's Haar cascade
-  called directly (the same ``frontalface_alt`` file, ``detectMultiScale`` defaults, gray image);
-- ssd: faceetl's default against OpenCV's DNN res10 SSD called directly (300x300 blob, the
-  model's mean, confidence > 0.5);
+- opencv: faceetl's default (Haar face cascade + O-Net's five points on each box), with the
+  Haar eye search (``landmarks="haar"``) and boxes only (``landmarks=None``), against OpenCV's
+  Haar cascade called directly (the same ``frontalface_alt`` file, ``detectMultiScale``
+  defaults, gray image; boxes only);
+- ssd: the same three against OpenCV's DNN res10 SSD called directly (300x300 blob, the
+  model's mean, confidence > 0.5; boxes only);
 - dlib: faceetl's default (HOG, upsample 1, 68 points) against dlib's HOG detector and 68-point
   shape predictor called directly;
 - mediapipe: faceetl's default (short model, keypoints refined on a second pass per face), and
-  without refinement, against the same BlazeFace short-range model through
-  LiteRT called directly with only the work any caller must do (resize to 128, scale to
-  [-1, 1], invoke, scores through a sigmoid) -- a lower bound for any wrapper, not a product;
+  without refinement, against MediaPipe's own Tasks ``FaceDetector`` on the same model file
+  (``mediapipe_tasks_peer.py``, run in an interpreter that has the ``mediapipe`` package:
+  ``--mediapipe-python``, by default this one if it imports mediapipe; pinned to the same one
+  core) and against the same model through LiteRT called directly with only the work any
+  caller must do (resize to 128, scale to [-1, 1], invoke, scores through a sigmoid) -- a lower
+  bound for any wrapper, not a product;
 - mtcnn: faceetl against facenet-pytorch's ``MTCNN(keep_all=True).detect`` where it imports
   (it pins torch<2.3; ``pip install --no-deps facenet-pytorch`` into a folder on PYTHONPATH);
 - retinaface: faceetl against a loop in the reference scripts' style: per image, BGR minus the
@@ -34,7 +39,11 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_v] = "1"
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -127,6 +136,54 @@ def peer_mediapipe() -> Callable[[np.ndarray], int]:
     return run
 
 
+class TasksPeer:
+    """MediaPipe's Tasks FaceDetector in its own interpreter (``mediapipe_tasks_peer.py``),
+    started on the first pass with the same decoded photos; one pass per :meth:`timed_pass`."""
+
+    python: str | None = None  # set by --mediapipe-python
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def _start(self, images: list[np.ndarray]) -> None:
+        from faceetl.weights import fetch
+
+        npz = Path(self.tmp.name) / "images.npz"
+        np.savez(npz, **{f"img{i}": im for i, im in enumerate(images)})
+        model = fetch("mediapipe_face_detection_short_range")
+        script = Path(__file__).with_name("mediapipe_tasks_peer.py")
+        self.proc = subprocess.Popen(
+            [str(self.python), str(script), str(model), str(npz)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"the MediaPipe peer did not start (said {line!r})")
+
+    def timed_pass(self, images: list[np.ndarray]) -> tuple[float, int]:
+        if self.proc is None:
+            self._start(images)
+        self.proc.stdin.write("pass\n")
+        self.proc.stdin.flush()
+        seconds, faces = self.proc.stdout.readline().split()
+        return float(seconds), int(faces)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        self.tmp.cleanup()
+
+
+def peer_mediapipe_tasks() -> TasksPeer | None:
+    if TasksPeer.python is None:
+        return None
+    return TasksPeer()
+
+
 def peer_mtcnn() -> Callable[[np.ndarray], int] | None:
     try:
         from facenet_pytorch import MTCNN
@@ -170,11 +227,20 @@ def peer_retinaface() -> Callable[[np.ndarray], int]:
 #: (row label, faceetl backend, its parameters, the peer's maker, the peer's name)
 PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
     ("opencv", "opencv", {}, peer_opencv, "OpenCV Haar, direct"),
-    ("opencv eyes=False", "opencv", {"eyes": False}, peer_opencv, "OpenCV Haar, direct"),
+    ("opencv landmarks=haar", "opencv", {"landmarks": "haar"}, peer_opencv, "OpenCV Haar, direct"),
+    ("opencv landmarks=None", "opencv", {"landmarks": None}, peer_opencv, "OpenCV Haar, direct"),
     ("ssd", "ssd", {}, peer_ssd, "OpenCV DNN SSD, direct"),
-    ("ssd eyes=False", "ssd", {"eyes": False}, peer_ssd, "OpenCV DNN SSD, direct"),
+    ("ssd landmarks=haar", "ssd", {"landmarks": "haar"}, peer_ssd, "OpenCV DNN SSD, direct"),
+    ("ssd landmarks=None", "ssd", {"landmarks": None}, peer_ssd, "OpenCV DNN SSD, direct"),
     ("dlib", "dlib", {}, peer_dlib, "dlib HOG + 68 points, direct"),
-    ("mediapipe", "mediapipe", {}, peer_mediapipe, "LiteRT invoke + sigmoid (lower bound)"),
+    ("mediapipe", "mediapipe", {}, peer_mediapipe_tasks, "MediaPipe Tasks FaceDetector"),
+    (
+        "mediapipe refine=False",
+        "mediapipe",
+        {"refine": False},
+        peer_mediapipe_tasks,
+        "MediaPipe Tasks FaceDetector",
+    ),
     (
         "mediapipe refine=False",
         "mediapipe",
@@ -189,6 +255,8 @@ PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
 
 def best_pass(fn: Callable[[np.ndarray], int], images: list[np.ndarray]) -> tuple[float, int]:
     """Seconds of one pass over ``images`` and the faces found."""
+    if isinstance(fn, TasksPeer):
+        return fn.timed_pass(images)
     start = time.perf_counter()
     faces = sum(fn(im) for im in images)
     return time.perf_counter() - start, faces
@@ -199,7 +267,15 @@ def main() -> None:
     ap.add_argument("--backends", default=",".join(dict.fromkeys(p[1] for p in PAIRS)))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--mediapipe-python",
+        default=sys.executable if importlib.util.find_spec("mediapipe") else None,
+        help="an interpreter with the mediapipe package, for the Tasks API peer",
+    )
     args = ap.parse_args()
+    TasksPeer.python = args.mediapipe_python
+    # one core for everything timed (the Tasks peer pins itself to the same one)
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
     import cv2
     import torch
@@ -226,6 +302,8 @@ def main() -> None:
             for k, fn in runners.items():
                 t, faces[k] = best_pass(fn, images)
                 times[k].append(t)
+        if isinstance(peer, TasksPeer):
+            peer.close()
         ms = {k: 1000 * min(v) / len(images) for k, v in times.items()}
         row = {
             "backend": label,

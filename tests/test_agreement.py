@@ -22,8 +22,10 @@ PHOTOS = [
     *sorted((IMAGES / "dlib_pascal").glob("*.jpg")),
     *sorted((IMAGES / "group").glob("*.jpg")),
 ]
-FIVE_POINT = {"dlib": {}, "retinaface": {}, "mtcnn": {}}
-OTHERS = {"mediapipe": {"model": "full"}, "opencv": {}, "ssd": {}}  # 3 points; eyes only; eyes only
+# opencv and ssd: O-Net's five points on their boxes (with the Haar eyes they had before, their
+# medians against these were 0.020-0.029, p90 up to 0.12; now 0.007-0.015, p90 at most 0.026)
+FIVE_POINT = {"dlib": {}, "retinaface": {}, "mtcnn": {}, "opencv": {}, "ssd": {}}
+OTHERS = {"mediapipe": {"model": "full"}}  # eyes and nose
 MIN_EYE_PX = 30  # faces whose eyes are at least this far apart in the photo (landmark precision
 # is bounded by pixels: on a face with 15 px between the eyes one pixel is 7% of a 112 px crop)
 
@@ -59,10 +61,10 @@ def test_five_point_backends_agree_within_3_percent(tables, a, b):
     assert d.quantile(0.9) <= 0.035, d.describe()
 
 
-# measured medians: mediapipe (eyes + nose, BlazeFace keypoints) ~0.03, Haar eyes ~0.025
-@pytest.mark.parametrize("a,bound", [("mediapipe", 0.04), ("opencv", 0.035), ("ssd", 0.035)])
+# measured medians: mediapipe (eyes + nose, BlazeFace keypoints) ~0.034
+@pytest.mark.parametrize("a,bound", [("mediapipe", 0.04)])
 @pytest.mark.parametrize("b", list(FIVE_POINT))
-def test_three_and_two_point_backends_agree_typically(tables, a, bound, b):
+def test_three_point_backend_agrees_typically(tables, a, bound, b):
     d = _agreement(tables, a, b)
     assert len(d) >= 20
     assert d.median() <= bound, d.describe()

@@ -43,18 +43,33 @@ def test_group_photo_counts(groups):
         assert_valid_detections(d, img, score_threshold=0.5)
 
 
-def test_eyes_inside_box_and_ordered(groups):
-    found_total = 0
+def test_five_points_inside_box_and_ordered(groups):
+    """O-Net's five points (the default) on every face, in ArcFace order, inside the box."""
     for _img, d in groups.values():
-        eyes = d.landmarks[:, :2]
-        found = ~np.isnan(eyes).any(axis=(1, 2))
+        assert np.isfinite(d.landmarks).all()  # every face, turned ones too (Haar: 8 of 12)
+        for box, p in zip(d.boxes, d.landmarks, strict=True):
+            assert p[0, 0] < p[1, 0] and p[3, 0] < p[4, 0]  # eyes, mouth corners: image order
+            assert max(p[0, 1], p[1, 1]) < p[2, 1] < min(p[3, 1], p[4, 1])  # eyes, nose, mouth
+            assert (p[:, 0] >= box[0]).all() and (p[:, 0] <= box[2]).all()
+            assert (p[:, 1] >= box[1]).all() and (p[:, 1] <= box[3]).all()
+
+
+def test_haar_eyes_on_request(groups):
+    haar = get_backend("ssd", landmarks="haar")
+    found_total = 0
+    for img, d in groups.values():
+        h = haar.detect_batch([img])[0]
+        np.testing.assert_array_equal(h.boxes, d.boxes)  # the landmark stage leaves the boxes
+        found = ~np.isnan(h.landmarks[:, :2]).any(axis=(1, 2))
         found_total += found.sum()
-        for box, e in zip(d.boxes[found], eyes[found], strict=True):
+        for box, e in zip(h.boxes[found], h.landmarks[found, :2], strict=True):
             assert e[0, 0] < e[1, 0]
             assert (e[:, 0] >= box[0]).all() and (e[:, 0] <= box[2]).all()
-            assert (e[:, 1] >= box[1]).all() and (e[:, 1] <= box[3]).all()
-        assert np.isnan(d.landmarks[:, 2:]).all()
+        assert np.isnan(h.landmarks[:, 2:]).all()  # the eye cascade gives eyes only
     assert found_total >= 7  # measured: 8 of 12 faces (6 + 2; turned faces give no eye pair)
+    assert "haarcascade_eye.xml" in haar.provenance()["weights"]
+    none = get_backend("ssd", landmarks=None).detect_batch([img])[0]
+    assert np.isnan(none.landmarks).all() and len(none) == len(d)
 
 
 def test_aligned_crops_boxes_inside_image(det):
@@ -99,7 +114,9 @@ def test_provenance_has_weight_hashes(det):
     shas = prov["weights"]
     assert shas["opencv_face_detector_uint8.pb"] == sha256sum(fetch("ssd_tf_uint8"))
     assert shas["opencv_face_detector.pbtxt"] == sha256sum(fetch("ssd_tf_pbtxt"))
-    assert "haarcascade_eye.xml" in shas
+    assert shas["onet.pt"] == sha256sum(fetch("mtcnn_onet"))  # the landmark stage's weights
+    assert "haarcascade_eye.xml" not in shas
+    assert prov["landmarks"] == "onet" and prov["landmark_stage"]["box_scale"] == 0.8
     assert prov["model"] == "tensorflow" and prov["score_threshold"] == 0.5
     assert prov["min_face_size"] == 4.0
 

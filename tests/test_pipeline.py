@@ -189,7 +189,7 @@ def test_a_folder_gives_every_entry_a_one_line_row(tmp_path):
     os.symlink(d / "sub", d / "linked_folder")  # not descended into: no duplicate rows
 
     try:
-        ddf = extract_faces(read_images(d, partition_size=3), backend="opencv", eyes=False)
+        ddf = extract_faces(read_images(d, partition_size=3), backend="opencv", landmarks=None)
         df = ddf.compute(scheduler="threads")
     finally:
         sock.close()
