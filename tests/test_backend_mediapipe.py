@@ -68,6 +68,17 @@ def full():
 
 
 @pytest.fixture(scope="module")
+def short_all():
+    """Every face refined, as the reference (and MediaPipe's graph run twice) does."""
+    return get_backend("mediapipe", refine_min_zoom=0)
+
+
+@pytest.fixture(scope="module")
+def full_all():
+    return get_backend("mediapipe", model="full", refine_min_zoom=0)
+
+
+@pytest.fixture(scope="module")
 def full_unrefined():
     return get_backend("mediapipe", model="full", refine=False)
 
@@ -260,6 +271,30 @@ def test_refinement_keeps_faces_and_scores(full, full_unrefined, group_images):
         get_backend("mediapipe", refine_scale=1.0)
 
 
+def test_refines_only_faces_it_would_enlarge(short, short_all, group_images):
+    """A face the refinement crop would show less than refine_min_zoom (1.5) times larger than
+    the first pass did keeps its first-pass keypoints; the others are refined as before."""
+    first = get_backend("mediapipe", refine=False)
+    imgs = [*group_images.values(), *(load_rgb(p) for p in sorted((IMAGES / "single").iterdir()))]
+    skipped = refined = 0
+    for img in imgs:
+        a, b, c = (d.detect_batch([img])[0] for d in (short, short_all, first))
+        assert len(a) == len(b) == len(c)
+        side = (c.boxes[:, 2:] - c.boxes[:, :2]).max(axis=1) * 128 / max(img.shape[:2])
+        zoom = (128 / 2.0) / side
+        small = zoom >= 1.5
+        assert not a.extra["refined"][~small].any()
+        np.testing.assert_array_equal(a.extra["keypoints6"][~small], c.extra["keypoints6"][~small])
+        np.testing.assert_array_equal(a.extra["keypoints6"][small], b.extra["keypoints6"][small])
+        np.testing.assert_array_equal(a.boxes[small], b.boxes[small])
+        skipped += int((~small).sum())
+        refined += int(a.extra["refined"].sum())
+    # measured (short model): 3 faces large enough to skip, 11 refined
+    assert skipped >= 2 and refined >= 8, (skipped, refined)
+    with pytest.raises(ValueError, match="refine_min_zoom"):
+        get_backend("mediapipe", refine_min_zoom=-1)
+
+
 def test_missing_model_offline(tmp_path, monkeypatch):
     from faceetl.backends.mediapipe import MediaPipeDetector
 
@@ -390,8 +425,8 @@ def test_first_pass_equals_mediapipe_reference(model, short, full, reference):
 
 
 @pytest.mark.parametrize("model", ["short", "full"])
-def test_refine_step_equals_mediapipe_reference(model, short, full, reference):
-    det = short if model == "short" else full
+def test_refine_step_equals_mediapipe_reference(model, short_all, full_all, reference):
+    det = short_all if model == "short" else full_all
     for name, entry in reference["results"][model].items():
         first_boxes, first_kp6 = _arrays(entry)
         boxes, kp6 = _arrays(entry, "refined_")
@@ -401,13 +436,13 @@ def test_refine_step_equals_mediapipe_reference(model, short, full, reference):
 
 
 @pytest.mark.parametrize("model", ["short", "full"])
-def test_refined_results_close_to_mediapipe_reference(model, short, full, reference):
-    """With refinement (the default) end to end: the same faces, scores and refined faces, and
+def test_refined_results_close_to_mediapipe_reference(model, short_all, full_all, reference):
+    """With every face refined, end to end: the same faces, scores and refined faces, and
     keypoints and boxes close, not equal. The port places each crop from its fractional first-pass
     box, the Tasks API from whole pixels; a crop shifted by under a pixel moves BlazeFace's
     keypoints by up to a few percent of the face. Measured max: keypoints 0.067, boxes 0.044 of
     the face's size (the larger side of its box)."""
-    det = short if model == "short" else full
+    det = short_all if model == "short" else full_all
     for name, entry in reference["results"][model].items():
         got = det._detect_one(load_rgb(IMAGES / name))
         boxes, kp6 = _arrays(entry, "refined_")
@@ -452,7 +487,7 @@ def test_live_equal_to_mediapipe(model, score_threshold, nms_threshold):
     tasks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tasks)
     params = {"score_threshold": score_threshold, "nms_threshold": nms_threshold}
-    det = get_backend("mediapipe", model=model, **params)
+    det = get_backend("mediapipe", model=model, refine_min_zoom=0, **params)
     mp_det = tasks.TasksBlazeFace(model, **params)
     mp_refiner = tasks.TasksBlazeFace("short", **params)
     faces = refined = 0
