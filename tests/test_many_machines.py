@@ -81,7 +81,9 @@ def test_two_command_line_workers_read_and_write_s3(
     for p in photos:
         fs.pipe_file(f"{b}/photos/single/{p.name}", p.read_bytes())
     fs.pipe_file(f"{b}/photos/big/{big.name}", big.read_bytes())
-    for f in (SHARED / "weights" / "ssd").iterdir():  # the mirror: weight files by name
+    # the mirror: weight files by name (the SSD's, and O-Net's for its landmarks)
+    mirrored = [*(SHARED / "weights" / "ssd").iterdir(), SHARED / "weights" / "mtcnn" / "onet.pt"]
+    for f in mirrored:
         fs.pipe_file(f"{b}/weights/{f.name}", f.read_bytes())
     # the driver's settings: offline, weights from the mirror, and a pixel limit the big photo
     # exceeds; the workers' environments know none of them
@@ -115,5 +117,5 @@ def test_two_command_line_workers_read_and_write_s3(
     )
     assert len(cached) == 2 and any(cached.values())
     for files in cached.values():
-        assert not files or {f.name for f in (SHARED / "weights" / "ssd").iterdir()} >= set(files)
+        assert not files or {f.name for f in mirrored} >= set(files)
     assert not os.listdir(driver)  # nothing written beside the driver

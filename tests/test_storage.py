@@ -308,6 +308,23 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> bool:
     return False
 
 
+def test_recovery_removes_a_note_cut_short(tmp_path):
+    """Killed while writing an in-flight note: only its hidden temporary exists (seen in the
+    killed-driver test below at the 'late' moment); the next run's recovery deletes it and
+    nothing else."""
+    from faceetl.pipeline.manifest import INFLIGHT, recover
+
+    out = Output(str(tmp_path / "out"))
+    folder = tmp_path / "out" / INFLIGHT
+    folder.mkdir(parents=True)
+    cut = folder / ".part-3fc62b4afbca-00001.parquet.json.tmp-9f05fdf3"
+    cut.write_bytes(b'{"part": "part-3fc')
+    other = tmp_path / "out" / "keep.png"
+    other.write_bytes(b"x")
+    assert recover(out) == 0  # no note landed
+    assert not cut.exists() and other.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["locked", "first_crop", "first_part", "half", "late"])
 def test_a_killed_driver_loses_only_partitions_in_flight(tmp_path, moment):

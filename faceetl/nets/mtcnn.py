@@ -93,7 +93,7 @@ class RNet(nn.Module):
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.prelu3(self.conv3(x))
-        x = x.permute(0, 3, 2, 1).reshape(len(x), -1)  # the Caffe weights' (w, h, c) order
+        x = x.permute(0, 3, 2, 1).flatten(1)  # the Caffe weights' (w, h, c) order
         x = self.prelu4(self.dense4(x))
         return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)[:, 1]
 
@@ -126,7 +126,7 @@ class ONet(nn.Module):
         x = self.pool2(self.prelu2(self.conv2(x)))
         x = self.pool3(self.prelu3(self.conv3(x)))
         x = self.prelu4(self.conv4(x))
-        x = x.permute(0, 3, 2, 1).reshape(len(x), -1)
+        x = x.permute(0, 3, 2, 1).flatten(1)
         x = self.prelu5(self.dense5(x))
         return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)[:, 1]
 

@@ -318,6 +318,10 @@ def recover(out: Output) -> int:
         stale = [n for n in out.listdir(MANIFEST) if n.startswith(f".{note['part']}.tmp")]
         out.remove([f"{MANIFEST}/{n}" for n in stale])
         out.remove([f"{INFLIGHT}/{name}"])
+    # a note whose write was cut short (killed between writing its hidden temporary and the
+    # rename) never landed, so its partition wrote nothing after it: the temporary just goes
+    orphans = [n for n in out.listdir(INFLIGHT) if n.startswith(".") and ".tmp-" in n]
+    out.remove([f"{INFLIGHT}/{n}" for n in orphans])
     return len(notes)
 
 
