@@ -237,7 +237,7 @@ class OpenCVDetector(BaseDetector):
     search runs on the full-resolution image. ``None`` searches at full resolution.
     ``score_threshold``: the least score kept (default 0: every face the cascade accepts).
     ``landmarks``: ``"onet"`` (MTCNN's O-Net on each box: five points, ~1 ms a face), ``"haar"``
-    (the eye cascade in each box: eyes only, ~25 ms a face) or ``None`` (boxes only).
+    (the eye cascade in each box: eyes only, ~40 ms a face) or ``None`` (boxes only).
     """
 
     name = "opencv"
