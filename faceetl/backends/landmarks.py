@@ -60,10 +60,10 @@ def landmark_stage(method: str | None, box_scale: float = 1.0) -> LandmarkStage 
 
 
 class HaarEyes:
-    """The Haar eye search in each box (:func:`faceetl.backends.opencv.find_eyes`): eyes only."""
+    """The Haar eye search in each box (:func:`faceetl.backends.haar.find_eyes`): eyes only."""
 
     def __init__(self) -> None:
-        from .opencv import EYE_CASCADE, _eye_cascade, cascade_sha256
+        from .haar import EYE_CASCADE, _eye_cascade, cascade_sha256
 
         _eye_cascade()  # fails here, not in the first batch, if the cascade cannot load
         self.weights = {EYE_CASCADE: cascade_sha256(EYE_CASCADE)}
@@ -74,7 +74,7 @@ class HaarEyes:
     def __call__(
         self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
     ) -> list[np.ndarray]:
-        from .opencv import find_eyes
+        from .haar import find_eyes
 
         out = []
         for im, b in zip(images, boxes, strict=True):

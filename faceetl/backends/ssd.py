@@ -7,7 +7,7 @@ model's confidence is the score.
 
 Landmarks (``landmarks=``): ``"onet"`` (default) runs MTCNN's O-Net once on each box for the
 five ArcFace points (:mod:`faceetl.backends.landmarks`: ~1 ms a face on one core); ``"haar"``
-searches each box with the Haar eye cascade (:func:`faceetl.backends.opencv.find_eyes`: eyes
+searches each box with the Haar eye cascade (:func:`faceetl.backends.haar.find_eyes`: eyes
 only, on fewer faces, ~40 ms a face); ``None`` gives boxes only, at OpenCV's own speed.
 """
 
