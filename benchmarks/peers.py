@@ -20,8 +20,10 @@ and the best of ``--repeat`` passes over all photos counts, after one warm-up pa
   core) and against the same model through LiteRT called directly with only the work any
   caller must do (resize to 128, scale to [-1, 1], invoke, scores through a sigmoid) -- a lower
   bound for any wrapper, not a product;
-- mtcnn: faceetl against facenet-pytorch's ``MTCNN(keep_all=True).detect`` where it imports
-  (it pins torch<2.3; ``pip install --no-deps facenet-pytorch`` into a folder on PYTHONPATH);
+- mtcnn: faceetl against facenet-pytorch's ``MTCNN(keep_all=True).detect``, one image per
+  call, in an interpreter that has it (it pins torch<2.3: ``python -m venv /tmp/fnvenv &&
+  /tmp/fnvenv/bin/pip install facenet-pytorch``, then ``--facenet-python
+  /tmp/fnvenv/bin/python``; ``facenet_mtcnn_peer.py``, pinned to the same one core);
 - retinaface: faceetl against a loop in the reference scripts' style: per image, BGR minus the
   mean at full resolution through the same network, priors, decode, score > 0.02, NMS 0.4.
 
@@ -136,32 +138,32 @@ def peer_mediapipe() -> Callable[[np.ndarray], int]:
     return run
 
 
-class TasksPeer:
-    """MediaPipe's Tasks FaceDetector in its own interpreter (``mediapipe_tasks_peer.py``),
-    started on the first pass with the same decoded photos; one pass per :meth:`timed_pass`."""
+class ExternalPeer:
+    """A peer library in its own interpreter (a ``*_peer.py`` script beside this one), started
+    on the first pass with the same decoded photos (an .npz); one pass per :meth:`timed_pass`.
 
-    python: str | None = None  # set by --mediapipe-python
+    For libraries whose pins clash with faceetl's environment (mediapipe: OpenCV's GUI build;
+    facenet-pytorch: torch<2.3). The script pins itself to the same one core.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, python: str, script: str, *args: str) -> None:
+        self.python, self.script, self.args = python, script, args
         self.proc: subprocess.Popen | None = None
         self.tmp = tempfile.TemporaryDirectory()
 
     def _start(self, images: list[np.ndarray]) -> None:
-        from faceetl.weights import fetch
-
         npz = Path(self.tmp.name) / "images.npz"
         np.savez(npz, **{f"img{i}": im for i, im in enumerate(images)})
-        model = fetch("mediapipe_face_detection_short_range")
-        script = Path(__file__).with_name("mediapipe_tasks_peer.py")
+        script = Path(__file__).with_name(self.script)
         self.proc = subprocess.Popen(
-            [str(self.python), str(script), str(model), str(npz)],
+            [self.python, str(script), *self.args, str(npz)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         line = self.proc.stdout.readline().strip()
         if line != "ready":
-            raise RuntimeError(f"the MediaPipe peer did not start (said {line!r})")
+            raise RuntimeError(f"{self.script} did not start (said {line!r})")
 
     def timed_pass(self, images: list[np.ndarray]) -> tuple[float, int]:
         if self.proc is None:
@@ -178,13 +180,22 @@ class TasksPeer:
         self.tmp.cleanup()
 
 
-def peer_mediapipe_tasks() -> TasksPeer | None:
-    if TasksPeer.python is None:
+#: interpreters holding the peer libraries that cannot live beside faceetl (set in main)
+PYTHONS: dict[str, str | None] = {"mediapipe": None, "facenet": None}
+
+
+def peer_mediapipe_tasks() -> ExternalPeer | None:
+    from faceetl.weights import fetch
+
+    if PYTHONS["mediapipe"] is None:
         return None
-    return TasksPeer()
+    model = str(fetch("mediapipe_face_detection_short_range"))
+    return ExternalPeer(PYTHONS["mediapipe"], "mediapipe_tasks_peer.py", model)
 
 
-def peer_mtcnn() -> Callable[[np.ndarray], int] | None:
+def peer_mtcnn() -> Callable[[np.ndarray], int] | ExternalPeer | None:
+    if PYTHONS["facenet"] is not None:
+        return ExternalPeer(PYTHONS["facenet"], "facenet_mtcnn_peer.py")
     try:
         from facenet_pytorch import MTCNN
     except ImportError:
@@ -255,7 +266,7 @@ PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
 
 def best_pass(fn: Callable[[np.ndarray], int], images: list[np.ndarray]) -> tuple[float, int]:
     """Seconds of one pass over ``images`` and the faces found."""
-    if isinstance(fn, TasksPeer):
+    if isinstance(fn, ExternalPeer):
         return fn.timed_pass(images)
     start = time.perf_counter()
     faces = sum(fn(im) for im in images)
@@ -272,8 +283,14 @@ def main() -> None:
         default=sys.executable if importlib.util.find_spec("mediapipe") else None,
         help="an interpreter with the mediapipe package, for the Tasks API peer",
     )
+    ap.add_argument(
+        "--facenet-python",
+        default=None,
+        help="an interpreter with facenet-pytorch (and its torch<2.3), for the mtcnn peer; "
+        "without it, facenet_pytorch is imported here where it can be",
+    )
     args = ap.parse_args()
-    TasksPeer.python = args.mediapipe_python
+    PYTHONS.update(mediapipe=args.mediapipe_python, facenet=args.facenet_python)
     # one core for everything timed (the Tasks peer pins itself to the same one)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
@@ -302,7 +319,7 @@ def main() -> None:
             for k, fn in runners.items():
                 t, faces[k] = best_pass(fn, images)
                 times[k].append(t)
-        if isinstance(peer, TasksPeer):
+        if isinstance(peer, ExternalPeer):
             peer.close()
         ms = {k: 1000 * min(v) / len(images) for k, v in times.items()}
         row = {

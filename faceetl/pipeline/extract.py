@@ -547,7 +547,10 @@ def _extract_partition(
 
             decoded = iter(
                 [
-                    got if isinstance(got, dict) else torch.from_numpy(got).permute(2, 0, 1)
+                    # a read-only array (some decoders give one) is copied: torch wants writable
+                    got
+                    if isinstance(got, dict)
+                    else torch.from_numpy(np.require(got, requirements="W")).permute(2, 0, 1)
                     for got in (load(i) for k, i in enumerate(batch) if out[k] is None)
                 ]
             )
