@@ -337,6 +337,11 @@ class RetinaFaceDetector(BaseDetector):
         )
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
         self._bytes_per_pixel = activation_bytes_per_pixel(self.model) if self.auto_batch else 0.0
+        # channels-last canvases for torch on the CPU: ~15% less time a photo on one core
+        # (mobilenet0.25, the 16 shared photos: 111 -> 95 ms; same faces, boxes within 3e-4 px);
+        # CUDA and the ONNX session keep the default layout
+        cpu_torch = self.device.type == "cpu" and self._session is None
+        self._layout = torch.channels_last if cpu_torch else torch.contiguous_format
         log.debug("RetinaFace %s loaded on %s", network, self.device)
 
     # -- helpers
@@ -431,7 +436,7 @@ class RetinaFaceDetector(BaseDetector):
             for k, img in enumerate(images):
                 canvas[k, : img.shape[0], : img.shape[1]] = img[:, :, ::-1]
             x = torch.from_numpy(canvas).to(self.device, non_blocking=True)
-        x = (x.permute(0, 3, 1, 2).float() - self._mean).contiguous()
+        x = (x.permute(0, 3, 1, 2).float() - self._mean).contiguous(memory_format=self._layout)
         padded = any(s != (ch, cw) for s in shapes)
         valid = torch.tensor(shapes, device=self.device) if padded and self.exact_padding else None
         if self._session is not None:
