@@ -474,6 +474,26 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     )
 
 
+def square_crop(image: np.ndarray, x0: int, y0: int, side: int, size: int) -> np.ndarray:
+    """The square ``[x0, x0 + side) x [y0, y0 + side)`` of ``image`` resized to ``size`` x
+    ``size``: zero past the image's borders (never stretched), area-averaged when shrinking,
+    bilinear when enlarging. A detector's second look at one face (O-Net, BlazeFace refinement).
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    ix0, iy0 = max(x0, 0), max(y0, 0)
+    ix1, iy1 = min(x0 + side, w), min(y0 + side, h)
+    if (ix0, iy0, ix1, iy1) == (x0, y0, x0 + side, y0 + side):
+        window = image[iy0:iy1, ix0:ix1]  # wholly inside: no copy
+    else:
+        window = np.zeros((side, side, *image.shape[2:]), image.dtype)
+        if ix1 > ix0 and iy1 > iy0:
+            window[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[iy0:iy1, ix0:ix1]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(window, (size, size), interpolation=interp)
+
+
 def crop_face(image: np.ndarray, matrix: np.ndarray, spec: AlignSpec) -> np.ndarray:
     """The crop of ``spec`` under the image-to-crop ``matrix``: :func:`warp` (``cv2.warpAffine``,
     as insightface) for the ArcFace template, dlib's chip extraction for the dlib template."""

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from ..align import square_crop
 from ..weights import weights_info
 from .base import N_LANDMARKS
 
@@ -94,7 +95,6 @@ def onet_crops(
     Returns the crops (N, 48, 48, 3) uint8 and each crop's square in image pixels (N, 3: x0, y0,
     side), from which O-Net's relative points are mapped back.
     """
-    h, w = image.shape[:2]
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     crops = np.zeros((len(boxes), ONET_SIZE, ONET_SIZE, 3), np.uint8)
     squares = np.zeros((len(boxes), 3), np.float64)
@@ -103,19 +103,7 @@ def onet_crops(
         x0 = int(np.floor((x1 + x2) / 2 - side / 2))
         y0 = int(np.floor((y1 + y2) / 2 - side / 2))
         squares[i] = (x0, y0, side)
-        # the part of the square inside the image, placed in a zero square (numpy slicing: no
-        # library call pads and crops a window in one step without a full-image copy)
-        ix0, iy0 = max(x0, 0), max(y0, 0)
-        ix1, iy1 = min(x0 + side, w), min(y0 + side, h)
-        if ix1 <= ix0 or iy1 <= iy0:
-            continue
-        if (ix0, iy0, ix1, iy1) == (x0, y0, x0 + side, y0 + side):
-            window = image[iy0:iy1, ix0:ix1]
-        else:
-            window = np.zeros((side, side, 3), np.uint8)
-            window[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[iy0:iy1, ix0:ix1]
-        interp = cv2.INTER_AREA if side > ONET_SIZE else cv2.INTER_LINEAR
-        crops[i] = cv2.resize(window, (ONET_SIZE, ONET_SIZE), interpolation=interp)
+        crops[i] = square_crop(image, x0, y0, side, ONET_SIZE)
     return crops, squares
 
 

@@ -64,6 +64,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..align import square_crop
 from ..boxes import box_iou
 from ..extras import require
 from ..nets import external as _releases  # noqa: F401 (registers the model files)
@@ -364,12 +365,7 @@ class MediaPipeDetector(BaseDetector):
                 continue
             ox = int(round((x1 + x2 - side) / 2))
             oy = int(round((y1 + y2 - side) / 2))
-            crop = np.zeros((side, side, 3), np.uint8)
-            sx0, sy0 = max(ox, 0), max(oy, 0)
-            sx1, sy1 = min(ox + side, w), min(oy + side, h)
-            crop[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = img[sy0:sy1, sx0:sx1]
-            interp = cv2.INTER_AREA if side > REFINE_INPUT else cv2.INTER_LINEAR
-            crop = cv2.resize(crop, (REFINE_INPUT, REFINE_INPUT), interpolation=interp)
+            crop = square_crop(img, ox, oy, side, REFINE_INPUT)
             b, _, k = self._run(self._refiner, crop)
             if not len(b):
                 continue
