@@ -7,8 +7,8 @@ torchvision<0.18, so it lives in a separate environment), pinned to one core, on
 
 ``IMAGES.npz`` holds the decoded RGB photos (``img0``, ``img1``, ...), the same arrays faceetl is
 timed on; facenet-pytorch's defaults (min face 20, thresholds 0.6/0.7/0.7, factor 0.709), one
-image per call as its README shows. After one warm-up pass it prints ``ready``; each ``pass`` line
-on stdin runs one pass over all photos and prints ``<seconds> <faces>``; end of input ends it.
+image per call as its README shows. It answers ``peers.py`` as
+``peer_protocol.py`` says.
 """
 
 from __future__ import annotations
@@ -20,18 +20,16 @@ import time
 for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_v] = "1"
 
-import numpy as np  # noqa: E402
+from peer_protocol import load_images, pin_one_core, serve  # noqa: E402
 
 
 def main() -> None:
     import torch
     from facenet_pytorch import MTCNN
 
-    cores = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cores[0]})
+    pin_one_core()
     torch.set_num_threads(1)
-    with np.load(sys.argv[1]) as z:
-        images = [z[k] for k in sorted(z.files, key=lambda k: int(k[3:]))]
+    images = load_images(sys.argv[1])
     mtcnn = MTCNN(keep_all=True, device="cpu")
 
     def one_pass() -> tuple[float, int]:
@@ -42,12 +40,7 @@ def main() -> None:
             faces += 0 if boxes is None else len(boxes)
         return time.perf_counter() - start, faces
 
-    one_pass()  # warm-up
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() == "pass":
-            t, n = one_pass()
-            print(f"{t} {n}", flush=True)
+    serve(one_pass)
 
 
 if __name__ == "__main__":

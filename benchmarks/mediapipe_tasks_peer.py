@@ -8,9 +8,8 @@ on it: it pins OpenCV's GUI build, so it lives in a separate environment), pinne
 ``IMAGES.npz`` holds the decoded RGB photos (``img0``, ``img1``, ...), the same arrays faceetl is
 timed on. The model is the legacy BlazeFace file faceetl uses, given the TFLite metadata the Tasks
 API needs (``tests/data/make_mediapipe_reference.py``); MediaPipe's defaults otherwise
-(min_detection_confidence 0.5, min_suppression_threshold 0.3). After one warm-up pass it prints
-``ready``; each ``pass`` line on stdin runs one pass over all photos and prints
-``<seconds> <faces>``; end of input ends it. Only ``detect`` is timed, as for faceetl.
+(min_detection_confidence 0.5, min_suppression_threshold 0.3). It answers ``peers.py`` as
+``peer_protocol.py`` says. Only ``detect`` is timed, as for faceetl.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_v] = "1"
 
 import numpy as np  # noqa: E402
+from peer_protocol import load_images, pin_one_core, serve  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
 
@@ -34,13 +34,11 @@ def main() -> None:
     from mediapipe.tasks.python import BaseOptions, vision
 
     model, images_npz = Path(sys.argv[1]), sys.argv[2]
-    cores = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cores[0]})  # one core, whatever threads the graph starts
-    with np.load(images_npz) as z:
-        images = [
-            mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(z[k]))
-            for k in sorted(z.files, key=lambda k: int(k[3:]))
-        ]
+    pin_one_core()
+    images = [
+        mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(im))
+        for im in load_images(images_npz)
+    ]
     options = vision.FaceDetectorOptions(
         base_options=BaseOptions(model_asset_buffer=with_task_metadata(model.read_bytes())),
         running_mode=vision.RunningMode.IMAGE,
@@ -54,12 +52,7 @@ def main() -> None:
         faces = sum(len(detector.detect(im).detections or []) for im in images)
         return time.perf_counter() - start, faces
 
-    one_pass()  # warm-up
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() == "pass":
-            t, n = one_pass()
-            print(f"{t} {n}", flush=True)
+    serve(one_pass)
     detector.close()
 
 
