@@ -9,8 +9,9 @@ and the best of ``--repeat`` passes over all photos counts, after one warm-up pa
   Haar eye search (``landmarks="haar"``) and boxes only (``landmarks=None``), against OpenCV's
   Haar cascade called directly (the same ``frontalface_alt`` file, ``detectMultiScale``
   defaults, gray image; boxes only);
-- ssd: the same three against OpenCV's DNN res10 SSD called directly (300x300 blob, the
-  model's mean, confidence > 0.5; boxes only);
+- ssd: the same three (the network run in torch, faceetl's default) and the network run in
+  OpenCV DNN (``engine="opencv"``, O-Net's points) against OpenCV's DNN res10 SSD called
+  directly (300x300 blob, the model's mean, confidence > 0.5; boxes only);
 - dlib: faceetl's default (HOG, upsample 1, 68 points) against dlib's HOG detector and 68-point
   shape predictor called directly;
 - mediapipe: faceetl's default (short model, keypoints refined on a second pass per face), and
@@ -243,6 +244,7 @@ PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
     ("ssd", "ssd", {}, peer_ssd, "OpenCV DNN SSD, direct"),
     ("ssd landmarks=haar", "ssd", {"landmarks": "haar"}, peer_ssd, "OpenCV DNN SSD, direct"),
     ("ssd landmarks=None", "ssd", {"landmarks": None}, peer_ssd, "OpenCV DNN SSD, direct"),
+    ("ssd engine=opencv", "ssd", {"engine": "opencv"}, peer_ssd, "OpenCV DNN SSD, direct"),
     ("dlib", "dlib", {}, peer_dlib, "dlib HOG + 68 points, direct"),
     ("mediapipe", "mediapipe", {}, peer_mediapipe_tasks, "MediaPipe Tasks FaceDetector"),
     (

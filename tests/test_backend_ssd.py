@@ -130,3 +130,68 @@ def test_caffe_model_missing_offline_names_the_file():
 def test_bad_model_name():
     with pytest.raises(ValueError):
         get_backend("ssd", model="onnx")
+
+
+def _shared_photos() -> list[np.ndarray]:
+    folders = ("group", "single", "dlib_pascal")
+    paths = sorted(p for f in folders for p in (IMAGES / f).iterdir())
+    return [load_rgb(p) for p in paths if p.suffix.lower() in {".jpg", ".png"}]
+
+
+def test_torch_network_equals_the_opencv_graph():
+    """Every feature map the heads read, the encoded boxes, the scores and the priors: the
+    torch module against OpenCV's forward of the same released graph, on a real blob."""
+    import cv2
+    import torch
+
+    from faceetl.nets.res10_ssd import detect, from_opencv
+
+    model, config = fetch("ssd_tf_uint8"), fetch("ssd_tf_pbtxt")
+    ssd, priors = from_opencv(model, config)
+    net = cv2.dnn.readNetFromTensorflow(str(model), str(config))
+    img = load_rgb(IMAGES / "group" / "insightface_t1.jpg")
+    blob = cv2.dnn.blobFromImage(img, 1.0, (300, 300), (104, 177, 123), swapRB=True)
+    with torch.inference_mode():
+        feats = ssd.features(torch.from_numpy(blob))
+        loc, conf = ssd(torch.from_numpy(blob))
+    net.setInput(blob)
+    names = ["conv4_3_norm/mul_1", "last_relu"] + [f"conv{i}_2_h/Relu" for i in (6, 7, 8, 9)]
+    ref = net.forward([*names, "mbox_loc", "mbox_conf_flatten", "detection_out"])
+    for name, want, got in zip(names, ref, feats, strict=False):
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(loc.numpy().reshape(-1), ref[-3].reshape(-1), atol=1e-4)
+    np.testing.assert_allclose(conf.numpy().reshape(-1), ref[-2].reshape(-1, 2)[:, 1], atol=1e-5)
+    assert priors.shape == (8892, 8)
+    want = ref[-1].reshape(-1, 7)
+    want = want[want[:, 2] > 0.01]
+    (got,) = detect(loc, conf, priors)
+    assert len(got) == len(want) > 50  # the graph's own output, every candidate over 0.01
+    np.testing.assert_allclose(got[:, :4], want[:, 3:7], atol=1e-4)
+    np.testing.assert_allclose(got[:, 4], want[:, 2], atol=1e-5)
+
+
+def test_torch_engine_finds_what_opencv_finds():
+    """The default runtime against OpenCV DNN on the 16 shared photos, batched and not."""
+    photos = _shared_photos()
+    ours = get_backend("ssd", landmarks=None)
+    cv = get_backend("ssd", landmarks=None, engine="opencv")
+    assert ours.engine == "torch" and ours.provenance()["engine"] == "torch"
+    assert cv.provenance()["engine"] == "opencv"
+    batched = ours.detect_batch(photos)
+    faces = 0
+    for img, b in zip(photos, batched, strict=True):
+        one, ref = ours.detect_batch([img])[0], cv.detect_batch([img])[0]
+        assert len(one) == len(ref) == len(b)
+        tol = 1e-4 * max(img.shape[:2])  # measured: under 2e-7 of the image side
+        np.testing.assert_allclose(one.boxes, ref.boxes, atol=tol)
+        np.testing.assert_allclose(b.boxes, ref.boxes, atol=tol)
+        np.testing.assert_allclose(one.scores, ref.scores, atol=1e-4)
+        faces += len(ref)
+    assert faces >= 70  # measured: 79
+
+
+def test_engine_choices():
+    with pytest.raises(ValueError, match="engine"):
+        get_backend("ssd", engine="tflite")
+    with pytest.raises(ValueError, match="tensorflow"):
+        get_backend("ssd", model="caffe", engine="torch")
