@@ -474,13 +474,23 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def square_crop(image: np.ndarray, x0: int, y0: int, side: int, size: int) -> np.ndarray:
+def square_crop(
+    image: np.ndarray, x0: int, y0: int, side: int, size: int, area: bool = True
+) -> np.ndarray:
     """The square ``[x0, x0 + side) x [y0, y0 + side)`` of ``image`` resized to ``size`` x
     ``size``: zero past the image's borders (never stretched), area-averaged when shrinking,
     bilinear when enlarging. A detector's second look at one face (O-Net, BlazeFace refinement).
+
+    ``area=False`` samples bilinearly straight from the image, as MediaPipe's
+    ImageToTensorCalculator does for its inputs: no anti-aliasing, but its cost does not grow
+    with the square (0.1 ms for a 600 px square to 128 px, against 2.3 ms area-averaged).
     """
     import cv2
 
+    if not area:
+        s = size / side  # pixel centres map as in cv2.resize: (x + 0.5) * s - 0.5
+        m = np.array([[s, 0.0, s * (0.5 - x0) - 0.5], [0.0, s, s * (0.5 - y0) - 0.5]])
+        return warp(image, m, size)
     h, w = image.shape[:2]
     ix0, iy0 = max(x0, 0), max(y0, 0)
     ix1, iy1 = min(x0 + side, w), min(y0 + side, h)

@@ -92,3 +92,24 @@ def test_crop_sizes_and_templates():
         assert crop.shape == (spec.size, spec.size, 3) and crop.dtype == np.uint8
     with pytest.raises(ValueError):
         AlignSpec("nope", 112)
+
+
+def test_square_crop_bilinear_samples_like_resize():
+    """``area=False`` (MediaPipe's sampling) lands on the same pixel centres as cv2.resize's
+    bilinear resize of the square, and is zero past the borders like the area-averaged crop."""
+    import cv2
+
+    from faceetl.align import square_crop
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8), (0, 0), 3)
+    for side, size in ((200, 128), (100, 128), (96, 48)):
+        want = cv2.resize(img[50 : 50 + side, 60 : 60 + side], (size, size))
+        got = square_crop(img, 60, 50, side, size, area=False)
+        assert got.shape == (size, size, 3) and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - want).max() <= 1
+    # a square hanging 100 px off the left edge: that part is black, never stretched
+    got = square_crop(img, -100, 0, 200, 100, area=False)
+    area = square_crop(img, -100, 0, 200, 100)
+    assert (got[:, :49] == 0).all() and (got[:, 51:] > 0).any(axis=2).all()
+    assert np.abs(got[:, 52:].astype(int) - area[:, 52:]).mean() < 3

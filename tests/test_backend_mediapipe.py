@@ -238,8 +238,8 @@ def test_refined_eyes_agree_with_dlib68(full, full_unrefined, group_images):
 
     Measured on the 7 group photos (34 faces matched to dlib HOG, upsample 0), error as a
     fraction of the eye distance: first pass median 0.19, 90th pct 0.42, max 0.47; refined
-    median 0.08, 90th pct 0.13, max 0.20 (crops placed from the fractional boxes of the LiteRT
-    port; from the Tasks API's whole-pixel boxes: 0.07, 0.14, 0.18).
+    median 0.08, 90th pct 0.13, max 0.22 (crops placed from the fractional boxes of the LiteRT
+    port and sampled bilinearly; area-averaged crops gave 0.08, 0.13, 0.20).
     """
     imgs = list(group_images.values())
     dlib_dets = get_backend("dlib", upsample=0).detect_batch(imgs)
@@ -250,7 +250,7 @@ def test_refined_eyes_agree_with_dlib68(full, full_unrefined, group_images):
     assert np.median(before) > 0.15 and before.max() > 0.4  # the coarse first pass
     assert np.median(after) < 0.09
     assert np.quantile(after, 0.9) < 0.17
-    assert after.max() < 0.22
+    assert after.max() < 0.24
     assert np.median(after) < 0.5 * np.median(before)
 
 

@@ -41,7 +41,8 @@ Keypoint refinement (``refine=True``, the default): the whole photo is shrunk to
 so on small faces the first pass places the keypoints coarsely (errors of a third of the eye
 distance and more in group photos). Each face found is then cut out as a square of
 ``refine_scale`` times its box's larger side, centred on the box (zero padding past the
-borders), resized to the short-range model's 128 px input, and detected again. The detection in
+borders), sampled bilinearly onto the short-range model's 128 px input (as MediaPipe samples its
+own inputs), and detected again. The detection in
 that crop that best overlaps the face's expected position gives the face's keypoints and box,
 mapped back to image pixels; the first-pass score is kept. A face whose crop yields no
 overlapping detection keeps its first-pass box and keypoints (``extra["refined"]`` says which).
@@ -365,7 +366,9 @@ class MediaPipeDetector(BaseDetector):
                 continue
             ox = int(round((x1 + x2 - side) / 2))
             oy = int(round((y1 + y2 - side) / 2))
-            crop = square_crop(img, ox, oy, side, REFINE_INPUT)
+            # sampled as MediaPipe samples its own inputs (bilinear): the eyes land as near
+            # dlib's as from an area-averaged crop, at a twentieth of its cost on large faces
+            crop = square_crop(img, ox, oy, side, REFINE_INPUT, area=False)
             b, _, k = self._run(self._refiner, crop)
             if not len(b):
                 continue

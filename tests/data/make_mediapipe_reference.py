@@ -5,7 +5,9 @@ The reference the LiteRT port (``faceetl/backends/mediapipe.py``) is tested agai
 longer depends on (it pins OpenCV's GUI build): install it into a separate environment with
 faceetl, then run ``python tests/data/make_mediapipe_reference.py`` from the repository root.
 The shared images are read from ``$FACEETL_SHARED/images`` (default ``../shared/images``), the
-model files through :func:`faceetl.weights.fetch`.
+model files through :func:`faceetl.weights.fetch`. Use OpenCV 4 there (``pip install
+"opencv-contrib-python<5"`` after mediapipe): OpenCV 5's bilinear warp rounds some pixels of the
+refinement crops one level apart from OpenCV 4's, which moves refined keypoints by up to 0.6 px.
 
 What runs here is faceetl's mediapipe backend as it was before the port (faceetl commit b3ba3d8),
 kept so that the reference can be made again: ``vision.FaceDetector`` on the legacy models, given
@@ -173,7 +175,7 @@ def refine(
     refine_scale: float = REFINE_SCALE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each face re-detected by the short-range ``refiner`` on a square crop of ``refine_scale``
-    times its box's larger side, resized to 128 px: new boxes, keypoints, and which were."""
+    times its box's larger side, sampled to 128 px: new boxes, keypoints, and which were."""
     from faceetl.boxes import box_iou
 
     h, w = img.shape[:2]
@@ -185,12 +187,14 @@ def refine(
             continue
         ox = int(round((x1 + x2 - side) / 2))
         oy = int(round((y1 + y2 - side) / 2))
-        crop = np.zeros((side, side, 3), np.uint8)
-        sx0, sy0 = max(ox, 0), max(oy, 0)
-        sx1, sy1 = min(ox + side, w), min(oy + side, h)
-        crop[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = img[sy0:sy1, sx0:sx1]
-        interp = cv2.INTER_AREA if side > REFINE_INPUT else cv2.INTER_LINEAR
-        crop = cv2.resize(crop, (REFINE_INPUT, REFINE_INPUT), interpolation=interp)
+        # sampled bilinearly straight from the image, as ImageToTensorCalculator samples the
+        # model's input, zero past the image's borders; crop pixel centres at (x + 0.5) * s - 0.5
+        s = REFINE_INPUT / side
+        m = np.array([[s, 0.0, s * (0.5 - ox) - 0.5], [0.0, s, s * (0.5 - oy) - 0.5]])
+        crop = cv2.warpAffine(
+            img, m, (REFINE_INPUT, REFINE_INPUT), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0),
+        )  # fmt: skip
         b, _, k = refiner.detect(crop)
         if not len(b):
             continue
