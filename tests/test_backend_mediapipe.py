@@ -500,3 +500,19 @@ def test_live_equal_to_mediapipe(model, score_threshold, nms_threshold):
     mp_det.close()
     mp_refiner.close()
     assert faces >= 10 and refined >= 0.8 * faces, (faces, refined)
+
+
+def test_letterbox_of_an_input_sized_crop_is_the_warp_it_skips():
+    """A refinement crop is already the model's input: the identity warp is skipped, with the
+    same tensor and mapping as the graph's warp would give."""
+    import cv2
+
+    from faceetl.backends.mediapipe import letterbox
+
+    crop = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    tensor, (side, x0, y0) = letterbox(crop, 128)
+    warped = cv2.warpPerspective(crop, np.eye(3), (128, 128), flags=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(tensor[0], warped.astype(np.float32) * np.float32(2 / 255) - 1)
+    assert (side, x0, y0) == (128.0, 0.0, 0.0)
+    wide, (side, x0, y0) = letterbox(np.zeros((64, 128, 3), np.uint8), 128)  # not square: warped
+    assert wide.shape == (1, 128, 128, 3) and (side, x0, y0) == (128.0, 0.0, -32.0)

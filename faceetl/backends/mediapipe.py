@@ -147,6 +147,9 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, fl
     border), on uint8, then converted to float.
     """
     h, w = image.shape[:2]
+    scale = np.float32(2.0 / 255.0)  # [0, 255] -> [-1, 1], MediaPipe's float scale and offset
+    if h == w == size:  # already the input (a refinement crop): the warp would be the identity
+        return (image.astype(np.float32) * scale + np.float32(-1.0))[None], (float(size), 0.0, 0.0)
     side = float(max(w, h))
     cx, cy = 0.5 * w, 0.5 * h
     x0, y0, x1, y1 = cx - 0.5 * side, cy - 0.5 * side, cx + 0.5 * side, cy + 0.5 * side
@@ -156,7 +159,6 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[float, fl
     warped = cv2.warpPerspective(
         image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
     )
-    scale = np.float32(2.0 / 255.0)  # [0, 255] -> [-1, 1], MediaPipe's float scale and offset
     tensor = warped.astype(np.float32) * scale + np.float32(-1.0)
     return tensor[None], (side, x0, y0)
 
