@@ -14,8 +14,8 @@ and the best of ``--repeat`` passes over all photos counts, after one warm-up pa
   directly (300x300 blob, the model's mean, confidence > 0.5; boxes only);
 - dlib: faceetl's default (HOG, upsample 1, 68 points) against dlib's HOG detector and 68-point
   shape predictor called directly;
-- mediapipe: faceetl's default (short model, keypoints refined on a second pass per face), and
-  without refinement, against MediaPipe's own Tasks ``FaceDetector`` on the same model file
+- mediapipe: faceetl's default (short model, O-Net's five points on each face), with the
+  second BlazeFace pass on small faces (``refine="blazeface"``) and without refinement, against MediaPipe's own Tasks ``FaceDetector`` on the same model file
   (``mediapipe_tasks_peer.py``, run in an interpreter that has the ``mediapipe`` package:
   ``--mediapipe-python``, by default this one if it imports mediapipe; pinned to the same one
   core) and against the same model through LiteRT called directly with only the work any
@@ -247,6 +247,13 @@ PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
     ("ssd engine=opencv", "ssd", {"engine": "opencv"}, peer_ssd, "OpenCV DNN SSD, direct"),
     ("dlib", "dlib", {}, peer_dlib, "dlib HOG + 68 points, direct"),
     ("mediapipe", "mediapipe", {}, peer_mediapipe_tasks, "MediaPipe Tasks FaceDetector"),
+    (
+        "mediapipe refine=blazeface",
+        "mediapipe",
+        {"refine": "blazeface"},
+        peer_mediapipe_tasks,
+        "MediaPipe Tasks FaceDetector",
+    ),
     (
         "mediapipe refine=False",
         "mediapipe",

@@ -37,20 +37,32 @@ tragion, left ear tragion. The eyes and nose fill the ArcFace 5 (eyes ordered by
 image); mouth corners are not given and stay NaN. All 6 in pixels are in
 ``extra["keypoints6"]`` in MediaPipe's order.
 
-Keypoint refinement (``refine=True``, the default): the whole photo is shrunk to 128 or 192 px,
-so on small faces the first pass places the keypoints coarsely (errors of a third of the eye
-distance and more in group photos). Each face found is then cut out as a square of
-``refine_scale`` times its box's larger side, centred on the box (zero padding past the
-borders), sampled bilinearly onto the short-range model's 128 px input (as MediaPipe samples its
-own inputs), and detected again. The detection in
-that crop that best overlaps the face's expected position gives the face's keypoints and box,
-mapped back to image pixels; the first-pass score is kept. A face whose crop yields no
-overlapping detection keeps its first-pass box and keypoints (``extra["refined"]`` says which).
-Only faces the crop would show at least ``refine_min_zoom`` (1.5) times larger than the first
-pass did are refined: on the shared photos, faces under ~35 px in the model input had eye errors
-of 0.1-1.0 of the eye distance that refinement brought to ~0.05-0.15, while faces over ~45 px
-were within 0.04-0.11 already and gained little (so a portrait costs one pass, as in MediaPipe).
-``refine_min_zoom=0`` refines every face.
+Keypoint refinement: the whole photo is shrunk to 128 or 192 px, so on small faces the first
+pass places the keypoints coarsely (errors of a fifth of the eye distance and more in group
+photos), and BlazeFace gives no mouth corners. ``refine=`` takes a second look at each face:
+
+- ``"onet"`` (the default): MTCNN's O-Net, run once on every face box of the batch
+  (:mod:`faceetl.backends.landmarks`, as for the box-only detectors; its square is
+  ``ONET_BOX_SCALE`` times the box's larger side), gives the five ArcFace points, mouth corners
+  included. On the 7 shared group photos (34 faces matched to dlib's 68 points, full-range
+  model) the eyes' error is a median 0.05 of the eye distance (90th percentile 0.08), against
+  0.19 (0.42) for the first pass and 0.08 (0.12) for the BlazeFace second pass, at about the
+  latter's cost.
+- ``"blazeface"`` (``True`` before): each face is cut out as a square of ``refine_scale`` times
+  its box's larger side, centred on the box (zero padding past the borders), sampled
+  bilinearly onto the short-range model's 128 px input (as MediaPipe samples its own inputs),
+  and detected again. The detection in that crop that best overlaps the face's expected
+  position gives the face's keypoints and box, mapped back to image pixels; the first-pass
+  score is kept. A face whose crop yields no overlapping detection keeps its first-pass box
+  and keypoints. Only faces the crop would show at least ``refine_min_zoom`` (1.5) times
+  larger than the first pass did are refined: faces under ~35 px in the model input had eye
+  errors of 0.1-1.0 of the eye distance that refinement brought to ~0.05-0.15, while faces
+  over ~45 px were within 0.04-0.11 already and gained little (so a portrait costs one pass,
+  as in MediaPipe). ``refine_min_zoom=0`` refines every face.
+- ``None`` (or ``False``): MediaPipe's keypoints as they are.
+
+``extra["refined"]`` says which faces got their points from the second look; ``keypoints6``
+keeps the six BlazeFace keypoints (refined ones with ``"blazeface"``).
 """
 
 from __future__ import annotations
@@ -83,7 +95,13 @@ MODELS = {
 
 #: OpenCV's warp (its remap) needs image sides below SHRT_MAX; longer images are downscaled
 MAX_INPUT_SIDE = 32766
-#: input side of the short-range model, the one refinement runs
+#: what ``refine=`` takes (see the module docstring); True and False are the older spellings
+REFINE_METHODS = ("onet", "blazeface", None)
+#: O-Net's square as a multiple of a BlazeFace box's larger side: median eye error against
+#: dlib's on the shared group photos 0.053 of the eye distance at 1.1 (0.052-0.059 at 1.0,
+#: 0.065-0.121 at 0.8; BlazeFace boxes are tighter than SSD's, which take 0.8)
+ONET_BOX_SCALE = 1.1
+#: input side of the short-range model, the one the BlazeFace refinement runs
 REFINE_INPUT = 128
 #: a refined detection must overlap the face's expected box in the crop at least this much
 REFINE_MIN_IOU = 0.3
@@ -279,7 +297,9 @@ class MediaPipeDetector(BaseDetector):
     """BlazeFace (short or full range) in LiteRT with MediaPipe's face-detection graph.
 
     ``score_threshold`` and ``nms_threshold`` are MediaPipe's ``min_detection_confidence`` and
-    ``min_suppression_threshold``.
+    ``min_suppression_threshold``. ``refine``: ``"onet"`` (five O-Net points on every face),
+    ``"blazeface"`` (a second BlazeFace pass on small faces: ``refine_scale``,
+    ``refine_min_zoom``) or ``None`` (see the module docstring).
     """
 
     name = "mediapipe"
@@ -291,7 +311,7 @@ class MediaPipeDetector(BaseDetector):
         model: str = "short",
         score_threshold: float = 0.5,
         nms_threshold: float = 0.3,
-        refine: bool = True,
+        refine: str | bool | None = "onet",
         refine_scale: float = 2.0,
         refine_min_zoom: float = 1.5,
     ) -> None:
@@ -303,7 +323,10 @@ class MediaPipeDetector(BaseDetector):
         self.model = model
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
-        self.refine = bool(refine)
+        refine = {True: "blazeface", False: None}.get(refine, refine)  # type: ignore[call-overload]
+        if refine not in REFINE_METHODS:
+            raise ValueError(f"refine must be one of {REFINE_METHODS}, not {refine!r}")
+        self.refine = refine
         self.refine_scale = float(refine_scale)
         if not refine_min_zoom >= 0:
             raise ValueError(f"refine_min_zoom must be >= 0, not {refine_min_zoom!r}")
@@ -311,13 +334,19 @@ class MediaPipeDetector(BaseDetector):
         self._litert_version = _litert_version()
         self._weights: dict[str, str] = {}
         self._detector = self._create(litert.Interpreter, model)
-        # refinement runs the short-range model on face crops: the same net for model="short",
-        # a second one (created once, reused for every crop) for "full"
+        # the BlazeFace refinement runs the short-range model on face crops: the same net for
+        # model="short", a second one (created once, reused for every crop) for "full"
         self._refiner = None
-        if self.refine:
+        if self.refine == "blazeface":
             self._refiner = (
                 self._detector if model == "short" else self._create(litert.Interpreter, "short")
             )
+        self._points = None
+        if self.refine == "onet":
+            from .landmarks import ONetLandmarks
+
+            self._points = ONetLandmarks(box_scale=ONET_BOX_SCALE)
+            self._weights.update(self._points.weights)
         # One lock for both nets: a LiteRT interpreter must not run two invocations at once
         # (its tensors are shared state); the numpy/OpenCV steps around it run unlocked.
         self._lock = threading.Lock()
@@ -354,7 +383,7 @@ class MediaPipeDetector(BaseDetector):
         h, w = img.shape[:2]
         boxes, kp6 = boxes.copy(), kp6.copy()
         refined = np.zeros(len(boxes), bool)
-        if self._refiner is None:  # refine=False
+        if self._refiner is None:  # no BlazeFace refinement
             return boxes, kp6, refined
         # a face's side in the first pass's input, and in the refinement crop's
         first = self._detector.spec.size / max(h, w)
@@ -384,6 +413,18 @@ class MediaPipeDetector(BaseDetector):
             kp6[i] = k[j] * scale + origin[:2]
             refined[i] = True
         return boxes, kp6, refined
+
+    def _detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """Each image on its own through the graph; with ``refine="onet"``, every face of the
+        batch then through O-Net at once."""
+        dets = [self._detect_one(im) for im in images]
+        if self._points is None:
+            return dets
+        points = self._points(images, [d.boxes for d in dets])
+        return [
+            Detections(d.boxes, d.scores, p, {**d.extra, "refined": np.ones(len(d), bool)})
+            for d, p in zip(dets, points, strict=True)
+        ]
 
     def _detect_one(self, image: np.ndarray) -> Detections:
         h, w = image.shape[:2]
@@ -418,6 +459,7 @@ class MediaPipeDetector(BaseDetector):
             "refine": self.refine,
             "refine_scale": self.refine_scale,
             "refine_min_zoom": self.refine_min_zoom,
+            **({} if self._points is None else {"landmark_stage": self._points.parameters()}),
             "normalization": {"mean": NORM_MEAN, "std": NORM_STD},
             "litert": self._litert_version,
         }
