@@ -271,6 +271,30 @@ def test_cluster_caps_workers_at_cores_and_closes_with_its_client():
     assert lc2.status.name == "closed"
 
 
+def test_cluster_workers_lose_the_trim_threshold_an_earlier_dask_cluster_left(monkeypatch):
+    """distributed's Nanny writes Dask's pre-spawn environment (MALLOC_TRIM_THRESHOLD_, which
+    made RetinaFace workers 1.5x slower) into this process's environment: a plain Dask cluster
+    started first leaves it for faceetl's workers to inherit. A value of the user's own stays."""
+    import dask
+    from distributed import LocalCluster
+
+    import faceetl
+
+    dask_value = dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"]
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None):
+        pass  # what a notebook's plain Client() does to this process
+    assert os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(dask_value)
+    with faceetl.cluster(concurrency=1, dashboard_address=None, quiet=True) as c:
+        trim = c.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(trim.values()) == {None}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # the user's own
+    from faceetl.pipeline.cluster import _worker_environ
+
+    _worker_environ()
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "131072"
+
+
 def test_progress_counts_images_and_ends_with_a_summary(tmp_path, capsys, monkeypatch):
     import faceetl
     from faceetl.pipeline import progress

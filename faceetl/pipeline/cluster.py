@@ -85,7 +85,13 @@ def _worker_environ(io_threads: int | None = None) -> dict[str, Any]:
     import dask
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    dask_value = env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    # distributed's Nanny writes its pre-spawn environment into this process's os.environ
+    # before spawning (nanny.py, WorkerProcess.start), so a cluster started here earlier with
+    # Dask's defaults leaves the variable behind for every later worker to inherit. Dask's own
+    # value is taken for that leftover; any other value is the user's and stays.
+    if dask_value is not None and os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(dask_value):
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
     if io_threads is not None:
         env[ENV_IO_THREADS] = str(io_threads)
     return env
