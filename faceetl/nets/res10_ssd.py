@@ -32,7 +32,6 @@ INPUT_SIZE = 300
 BN_EPS = 1.001e-5
 #: DetectionOutput's settings in the released graph
 CONF_MIN, TOP_K, NMS_IOU, KEEP_TOP_K = 0.01, 400, 0.45, 200
-VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
 
 class Affine(nn.Module):
