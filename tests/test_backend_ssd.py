@@ -161,7 +161,7 @@ def test_torch_network_equals_the_opencv_graph():
         np.testing.assert_allclose(got.numpy(), want, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(loc.numpy().reshape(-1), ref[-3].reshape(-1), atol=1e-4)
     np.testing.assert_allclose(conf.numpy().reshape(-1), ref[-2].reshape(-1, 2)[:, 1], atol=1e-5)
-    assert priors.shape == (8892, 8)
+    assert priors.shape == (8892, 4)
     want = ref[-1].reshape(-1, 7)
     want = want[want[:, 2] > 0.01]
     (got,) = detect(loc, conf, priors)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nms import batched_nms
+from .retinaface_priors import VARIANCE, decode_boxes
 
 INPUT_SIZE = 300
 #: the TF graph's FusedBatchNorm epsilon
@@ -185,8 +186,8 @@ _HEAD_NAMES = ("conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"
 
 
 def from_opencv(model: str, config: str) -> tuple[Res10SSD, torch.Tensor]:
-    """The network and its prior boxes (P, 8: x1 y1 x2 y2 normalised, then the four
-    variances) read from the released TensorFlow graph ``model`` with its text ``config``."""
+    """The network and its prior boxes (P, 4: cx cy w h in units of the input side) read from
+    the released TensorFlow graph ``model`` with its text ``config``."""
     import cv2
 
     net = cv2.dnn.readNetFromTensorflow(str(model), str(config))
@@ -205,9 +206,14 @@ def from_opencv(model: str, config: str) -> tuple[Res10SSD, torch.Tensor]:
         _set_conv(ssd.loc[i], net, f"{head}_mbox_loc/Conv2D")
         _set_conv(ssd.conf[i], net, f"{head}_mbox_conf/Conv2D")
     net.setInput(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32))
-    pri = net.forward("mbox_priorbox").reshape(2, -1, 4)
-    priors = torch.from_numpy(np.concatenate([pri[0], pri[1]], axis=1).astype(np.float32))
-    return ssd.eval(), priors
+    corners, variances = net.forward("mbox_priorbox").reshape(2, -1, 4)
+    # the graph's coder is SSD's centre-size one, which RetinaFace's decode_boxes implements
+    # with these variances (checked: a graph with others would be decoded wrongly)
+    want = [VARIANCE[0], VARIANCE[0], VARIANCE[1], VARIANCE[1]]
+    if not np.allclose(variances, want):
+        raise ValueError(f"{model}: prior variances {np.unique(variances)}, expected {want}")
+    c = torch.from_numpy(corners.astype(np.float32))
+    return ssd.eval(), torch.cat([(c[:, :2] + c[:, 2:]) / 2, c[:, 2:] - c[:, :2]], 1)
 
 
 def detect(
@@ -216,9 +222,6 @@ def detect(
     """Each image's detections (K, 5: x1 y1 x2 y2 normalised, score) as the graph's
     DetectionOutput gives them (scores above 0.01, the best 400 of them suppressed at IoU 0.45,
     at most 200 kept, by decreasing score), those scored under ``score_threshold`` left out."""
-    p, var = priors[:, :4], priors[:, 4:]
-    pwh = p[:, 2:] - p[:, :2]
-    pc = (p[:, :2] + p[:, 2:]) / 2
     out = []
     for lo, sc in zip(loc, conf, strict=True):
         # suppressing only the boxes over the caller's threshold keeps the same of them: a box
@@ -226,10 +229,7 @@ def detect(
         keep = torch.nonzero((sc > CONF_MIN) & (sc >= score_threshold)).flatten()
         if len(keep) > TOP_K:
             keep = keep[torch.topk(sc[keep], TOP_K).indices]
-        lo, s, v = lo[keep], sc[keep], var[keep]
-        c = pc[keep] + lo[:, :2] * v[:, :2] * pwh[keep]
-        wh = torch.exp(lo[:, 2:] * v[:, 2:]) * pwh[keep]
-        boxes = torch.cat([c - wh / 2, c + wh / 2], 1)
+        boxes, s = decode_boxes(lo[keep], priors[keep]), sc[keep]
         kept = batched_nms(boxes, s, torch.zeros_like(s, dtype=torch.long), NMS_IOU)[:KEEP_TOP_K]
         out.append(torch.cat([boxes[kept], s[kept, None]], 1).cpu().numpy())
     return out

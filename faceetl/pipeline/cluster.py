@@ -80,7 +80,8 @@ def _worker_environ(io_threads: int | None = None) -> dict[str, Any]:
     Setting that variable turns off glibc's adaptive mmap threshold, so every large tensor or
     image buffer is a fresh mmap with page faults: measured here, a RetinaFace worker ran at
     3.9 img/s with it and 6.0 without (6.2 in a plain process). Thread caps stay (one thread
-    per worker process).
+    per worker process). Also takes Dask's value of it out of this process's own environment,
+    where an earlier Dask cluster's Nanny left it (see below).
     """
     import dask
 
