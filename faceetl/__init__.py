@@ -19,7 +19,8 @@ from .images import ImageError, decode_png, load_image
 from .pife import Pife
 from .pipeline.cluster import cluster
 from .pipeline.extract import compute, extract_faces, read_images
-from .pipeline.manifest import ConcurrentRunError, SettingsError
+from .pipeline.lock import ConcurrentRunError
+from .pipeline.manifest import SettingsError
 from .pipeline.predict import predict
 from .predictors.base import list_predictors, register_predictor
 from .schema import SCHEMA, boxes_array, landmarks_array, read_faces

@@ -16,10 +16,9 @@ from .backends.base import REGISTRY, backend_spec
 from .images import crop_extension
 from .pipeline.cluster import cluster, in_worker_process
 from .pipeline.extract import check_writable, common_root, compute, read_images
+from .pipeline.lock import ConcurrentRunError, Lock
 from .pipeline.manifest import (
     MANIFEST,
-    ConcurrentRunError,
-    Lock,
     Output,
     SettingsError,
     check_settings,

@@ -23,7 +23,8 @@ import pytest
 import faceetl
 from faceetl import Pife, read_faces, read_images, storage
 from faceetl.pife import ConcurrentRunError, SettingsError
-from faceetl.pipeline.manifest import Lock, Output
+from faceetl.pipeline.lock import Lock
+from faceetl.pipeline.manifest import Output
 from helpers import IMAGES
 
 SINGLE = sorted((IMAGES / "single").glob("*.jpg"))
