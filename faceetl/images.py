@@ -39,26 +39,51 @@ def max_pixels_limit(max_pixels: int | None = None) -> int:
     return MAX_PIXELS if configured is None else configured
 
 
+# The frame holds paths as text. A name that is not valid UTF-8 (legal on Linux) has each byte
+# that does not decode written as ``\xNN`` (NN in 80-ff, as Python's "backslashreplace" writes
+# it), and a backslash that would read as such an escape (followed by ``x80``-``xff`` or by
+# ``x5c``) as ``\x5c``: so ``frame_path`` is one-to-one and ``file_path`` its exact inverse.
+_ESCAPE = re.compile(r"\\x(5[cC]|[89a-fA-F][0-9a-fA-F])")
+_LITERAL = re.compile(r"\\(?=x(?:5[cC]|[89a-fA-F][0-9a-fA-F]))")
+
+
 def frame_path(path: str | bytes | os.PathLike) -> str:
-    """A path as the frame stores it: text, with the bytes of a name that is not valid UTF-8
-    (legal on Linux) written as ``\\xNN`` escapes; :func:`file_path` turns it back."""
-    s = os.fsdecode(path)
+    """A path as the frame stores it: text, escaped where the name is not valid UTF-8 (see
+    above); :func:`file_path` turns it back. Text without undecodable bytes is taken as a frame
+    path already (what :func:`read_images` and the output's ``path`` column hold), so applying
+    this twice changes nothing; bytes and ``os.PathLike`` paths are names as the OS gives them."""
+    if isinstance(path, str) and not _has_surrogates(path):
+        return path
+    return escape_name(os.fsdecode(path))
+
+
+def escape_name(name: str) -> str:
+    """A name as the OS gives it (undecodable bytes as surrogates) in the frame's text form."""
+    if os.name == "nt":  # Windows names are Unicode: nothing to escape
+        return name
+    name = _LITERAL.sub(r"\\x5c", name)
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _has_surrogates(s: str) -> bool:
     try:
         s.encode("utf-8")
-        return s
+        return False
     except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return True
 
 
-_ESCAPED = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+def _unescape(m: re.Match[str]) -> str:
+    byte = int(m.group(1), 16)
+    return chr(byte) if byte < 0x80 else chr(0xDC00 + byte)  # surrogateescape's form of a byte
 
 
 def file_path(path: str | os.PathLike) -> str:
-    """The file-system path of a frame's ``path`` (undoes :func:`frame_path`'s escapes)."""
+    """The file-system path of a frame's ``path``: the exact inverse of :func:`frame_path`."""
     s = os.fspath(path)
-    if "\\x" not in s or os.path.lexists(s):
+    if "\\x" not in s or os.name == "nt":
         return s
-    return _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), s)
+    return _ESCAPE.sub(_unescape, s)
 
 
 class ImageError(ValueError):

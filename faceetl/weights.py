@@ -21,14 +21,17 @@ import hashlib
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import config, storage
 from .extras import quiet_import
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class WeightsError(RuntimeError):
@@ -182,32 +185,35 @@ def _refusal(wf: WeightFile, where: str, got: str, expected: str) -> str:
 
 def fetch(name: str, progressbar: bool = True) -> Path:
     """Local path of weights ``name``: the verified cached file, else copied from the mirror
-    (``config.current().weights_url``), else downloaded with pooch unless offline."""
+    (``config.current().weights_url``), else downloaded with pooch unless offline.
+
+    A trust-on-first-use release with no recorded hash yet is not recorded here: its hash is
+    recorded once the file loads (:meth:`Resolved.load`), so a file that does not load is
+    never the one trusted."""
     return _fetch(name, progressbar)[0]
 
 
-def _fetch(name: str, progressbar: bool = True) -> tuple[Path, str]:
-    """:func:`fetch`, with the sha256 the file was verified against (or recorded with)."""
+def _fetch(name: str, progressbar: bool = True) -> tuple[Path, str, bool]:
+    """:func:`fetch`, with the sha256 the file was verified against (or is to be recorded
+    with) and whether this call put it in the cache."""
     wf = weights_info(name)
     folder = home()
     path = folder / wf.filename
     expected = expected_sha256(wf)
     if path.exists():
         got = sha256sum(path)
-        if expected is None:  # trust on first use: a file put in the cache by hand
-            _record(wf, got, str(path))
-        elif got != expected:
+        if expected is not None and got != expected:
             raise WeightsError(
                 _refusal(wf, str(path), got, expected)
                 + f" Delete it or replace it with the file from {wf.url}"
             )
-        return path, got
+        return path, got, False
     settings = config.current()
     why = ""
     if settings.weights_url:
         got = _copy_from_mirror(wf, path, settings, expected)
         if got is not None:
-            return path, got
+            return path, got, True
         why = f"not in the mirror {_mirror_file(wf, settings.weights_url)}; "
     if settings.offline:
         raise WeightsError(
@@ -215,7 +221,7 @@ def _fetch(name: str, progressbar: bool = True) -> tuple[Path, str]:
         )
     folder.mkdir(parents=True, exist_ok=True)
     if wf.trust_on_first_use:
-        return path, _download_unpinned(wf, path, expected, why, progressbar)
+        return path, _download_unpinned(wf, path, expected, why, progressbar), True
     pooch = quiet_import("pooch")  # on first download only: pooch imports tqdm
     try:
         got_path = pooch.retrieve(
@@ -231,7 +237,7 @@ def _fetch(name: str, progressbar: bool = True) -> tuple[Path, str]:
         ) from e
     except Exception as e:  # network errors: requests/urllib raise many kinds
         raise WeightsError(_missing_message(wf, path, f"{why}download failed: {e}")) from e
-    return Path(got_path), str(wf.sha256)
+    return Path(got_path), str(wf.sha256), True
 
 
 def _download_unpinned(
@@ -260,8 +266,6 @@ def _download_unpinned(
         got = sha256sum(tmp)
         if expected is not None and got != expected:
             raise WeightsError(_refusal(wf, f"the download from {wf.url}", got, expected))
-        if expected is None:
-            _record(wf, got, wf.url)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -287,8 +291,8 @@ def _copy_from_mirror(
     wf: WeightFile, path: Path, settings: config.Settings, expected: str | None
 ) -> str | None:
     """Copy ``wf`` from the mirror to ``path``, verified against ``expected`` before it is
-    written (atomically; ``None``: trusted on first use and recorded): its sha256 when copied,
-    None when the mirror lacks the file."""
+    written (atomically; ``None``: trusted on first use, recorded once it loads): its sha256
+    when copied, None when the mirror lacks the file."""
     src = _mirror_file(wf, str(settings.weights_url))
     try:
         data = storage.read_bytes(src, settings.weights_storage_options)
@@ -305,8 +309,6 @@ def _copy_from_mirror(
             + f" Nothing written to {path.parent}. Replace it in the mirror with the file "
             f"from {wf.url}"
         )
-    if expected is None:
-        _record(wf, got, src)
     storage.write_atomic(str(path), data)
     return got
 
@@ -359,15 +361,43 @@ def cached_sha256(path: str) -> str:
 class Resolved:
     """A weight file on disk, its sha256 and its release record (None for a user's own file).
 
-    For a trust-on-first-use release ``sha256`` is the hash recorded on first use."""
+    For a trust-on-first-use release ``sha256`` is the hash recorded on first use, or, before
+    anything is recorded, the file's own, recorded by :meth:`load` once the file loads."""
 
     path: Path
     sha256: str
     release: WeightFile | None = None
+    fresh: bool = False  # this process put the file in the cache (downloaded or mirrored)
 
     def provenance(self) -> dict[str, str]:
         """``{file name: sha256}``, as recorded on output rows."""
         return {self.path.name: self.sha256}
+
+    def load(self, loader: Callable[[Path], T]) -> T:
+        """``loader(self.path)``; a trust-on-first-use file is recorded only when that works.
+
+        A file that does not load is not recorded (so the genuine file is not refused later);
+        one this process downloaded or copied from the mirror is removed from the cache, so
+        the next attempt fetches it again.
+        """
+        wf = self.release
+        pending = wf is not None and wf.trust_on_first_use and recorded_sha256(wf) is None
+        try:
+            model = loader(self.path)
+        except Exception as e:
+            if not pending:
+                raise
+            if self.fresh:
+                self.path.unlink(missing_ok=True)
+            where = "removed from the cache" if self.fresh else "left where it is"
+            raise WeightsError(
+                f"{self.path} ({wf.name!r}, sha256 {self.sha256}) does not load ({e}); its "
+                f"hash was not recorded and the file was {where}. Put the file from {wf.url} "
+                f"at {self.path}."
+            ) from e
+        if pending:
+            _record(wf, self.sha256, str(self.path))
+        return model
 
 
 def resolve(weights: str | os.PathLike | None, default: str, what: str = "") -> Resolved:
@@ -375,8 +405,8 @@ def resolve(weights: str | os.PathLike | None, default: str, what: str = "") -> 
     a registered release name -> that release, else a local file path (hashed)."""
     if weights is None or (isinstance(weights, str) and weights in _WEIGHTS):
         info = weights_info(default if weights is None else str(weights))
-        path, sha = _fetch(info.name)
-        return Resolved(path, sha, info)
+        path, sha, fresh = _fetch(info.name)
+        return Resolved(path, sha, info, fresh)
     path = Path(weights).expanduser()
     if not path.is_file():
         label = what or weights_info(default).description or default

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from faceetl import SCHEMA, decode_png, extract_faces, landmarks_array, read_faces, read_images
-from faceetl.pipeline.extract import crop_relpath
+from faceetl.pipeline.names import crop_relpath, path_hash
 from helpers import IMAGES, make_bad_inputs
 
 BACKEND = "dlib"  # fast and fully offline: the pipeline tests do not depend on a model's download
@@ -112,15 +112,15 @@ def test_glob_and_folder_inputs(tmp_path):
 @pytest.mark.parametrize(
     "path,root,expected",
     [
-        ("/data/photos/a/b.jpg", "/data/photos", "a/b.jpg.face0.png"),
-        ("/data/photos/b.jpg", "/data/photos", "b.jpg.face0.png"),
-        ("/elsewhere/x/../y.jpg", "/data/photos", "elsewhere/y.jpg.face0.png"),
-        ("/data/photos/été/顔.jpg", "/data/photos", "été/顔.jpg.face0.png"),
+        ("/data/photos/a/b.jpg", "/data/photos", "a/b.jpg.{h}.face0.png"),
+        ("/data/photos/b.jpg", "/data/photos", "b.jpg.{h}.face0.png"),
+        ("/elsewhere/x/../y.jpg", "/data/photos", "elsewhere/y.jpg.{h}.face0.png"),
+        ("/data/photos/été/顔.jpg", "/data/photos", "été/顔.jpg.{h}.face0.png"),
     ],
 )
 def test_crop_paths_mirror_layout_and_stay_inside(path, root, expected, tmp_path):
     rel = crop_relpath(path, root, 0)
-    assert rel == expected
+    assert rel == expected.format(h=path_hash(path))
     full = os.path.abspath(os.path.join(tmp_path, rel))
     assert os.path.commonpath([str(tmp_path), full]) == str(tmp_path)
 
@@ -134,8 +134,9 @@ def test_crops_written_mirroring_inputs(sync, tmp_path):
     df = extract_faces(str(root / "**" / "*.jpg"), backend=BACKEND, crop_dir=out, crop_root=root,
                        keep_crops=False).compute()  # fmt: skip
     assert df["crop"].isna().all()
+    h = {sub: path_hash(str(root / sub / "face.jpg")) for sub in ("p/q", "r")}
     assert sorted(os.path.relpath(p, out) for p in df["crop_path"]) == [
-        "p/q/face.jpg.face0.png", "r/face.jpg.face0.png"]  # fmt: skip
+        f"p/q/face.jpg.{h['p/q']}.face0.png", f"r/face.jpg.{h['r']}.face0.png"]  # fmt: skip
     assert all(np.asarray(Image.open(p)).shape == (112, 112, 3) for p in df["crop_path"])
 
 

@@ -36,6 +36,21 @@ def _rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[["path", "face", "status", "x1", "y1", "x2", "y2", "score"]]
 
 
+def _same_bits(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """The same rows bit for bit: boxes, scores, landmarks, transforms and crop bytes."""
+    got, want = (d.sort_values(["path", "face"]).reset_index(drop=True) for d in (got, want))
+    pd.testing.assert_frame_equal(_rows(got), _rows(want), check_exact=True)
+    for col in ("landmarks", "affine", "crop"):
+        for a, b in zip(got[col], want[col], strict=True):
+            missing = [x is None or (np.ndim(x) == 0 and pd.isna(x)) for x in (a, b)]
+            if any(missing):
+                assert missing[0] and missing[1], col
+            elif isinstance(a, bytes):
+                assert a == b, col
+            else:
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=col)
+
+
 def _extract(backend: str, scheduler: str, paths: list[str]) -> pd.DataFrame:
     ddf = faceetl.extract_faces(
         faceetl.read_images(paths, partition_size=1), backend=backend, **FAST.get(backend, {})
@@ -46,10 +61,33 @@ def _extract(backend: str, scheduler: str, paths: list[str]) -> pd.DataFrame:
 @pytest.mark.parametrize("backend", BACKENDS.builtin)
 def test_threads_give_the_rows_sync_gives(backend: str) -> None:
     paths = [str(p) for p in PHOTOS]
-    sync = _rows(_extract(backend, "sync", paths))
-    threads = _rows(_extract(backend, "threads", paths))
+    sync = _extract(backend, "sync", paths)
+    threads = _extract(backend, "threads", paths)
     assert (sync["status"] == "ok").sum() >= len(PHOTOS)  # faces were found: a real comparison
-    pd.testing.assert_frame_equal(threads, sync, check_exact=False, atol=1e-3)
+    _same_bits(threads, sync)
+
+
+@pytest.mark.slow
+def test_distributed_workers_give_the_in_process_rows_bit_for_bit() -> None:
+    """Worker processes (one torch thread each) and the sync and threaded schedulers in this
+    process (torch's own thread count left as it is) give the same bits."""
+    from distributed import Client, LocalCluster
+
+    import faceetl.pipeline.cluster as fc
+
+    torch.set_num_threads(2)  # this process as a user's is: torch on every core
+    paths = [str(p) for p in PHOTOS]
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc,
+        Client(lc) as client,
+    ):
+        for backend in ("retinaface", "mtcnn"):
+            ddf = faceetl.extract_faces(faceetl.read_images(paths, partition_size=2),
+                                        backend=backend)  # fmt: skip
+            workers = client.compute(ddf).result()
+            for scheduler in ("sync", "threads"):
+                _same_bits(ddf.compute(scheduler=scheduler, num_workers=2), workers)
+    assert torch.get_num_threads() == 2 and fc._model_tasks == 0  # the user's setting is back
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +142,7 @@ def test_processes_and_a_client_with_two_threads_give_the_sync_rows() -> None:
     paths = [str(p) for p in PHOTOS]
     sync = _rows(_extract("dlib", "sync", paths))
     processes = _rows(_extract("dlib", "processes", paths))
-    pd.testing.assert_frame_equal(processes, sync, check_exact=False, atol=1e-3)
+    pd.testing.assert_frame_equal(processes, sync, check_exact=True)
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=None) as lc,
         Client(lc) as client,
@@ -112,7 +150,7 @@ def test_processes_and_a_client_with_two_threads_give_the_sync_rows() -> None:
         ddf = faceetl.extract_faces(faceetl.read_images(paths, partition_size=1), backend="opencv")
         ref = _rows(ddf.compute(scheduler="sync"))
         got = _rows(client.compute(ddf).result())
-    pd.testing.assert_frame_equal(got, ref, check_exact=False, atol=1e-3)
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
     assert len(boxes_array(got)) == len(got)
 
 

@@ -1,7 +1,8 @@
 """Trust on first use: weights with no published hash, fetched from a real local HTTP server.
 
-The first file had is recorded in FACEETL_HOME (``<file>.sha256``) and required afterwards; a
-changed download, a replaced cache file or a changed mirror file is refused, naming both hashes.
+The first file that loads is recorded in FACEETL_HOME (``<file>.sha256``) and required
+afterwards; a changed download, a replaced cache file or a changed mirror file is refused, naming
+both hashes. A file that does not load is never recorded.
 """
 
 from __future__ import annotations
@@ -88,6 +89,21 @@ def record(server: Server) -> Iterator[fw.WeightFile]:
     fw._WEIGHTS.pop(name, None)
 
 
+def loads(path: Path) -> bytes:
+    """The test release's loader: its files start with the pickle protocol's two bytes."""
+    data = path.read_bytes()
+    if not data.startswith(b"\x80\x02"):
+        raise ValueError("not a weights file")
+    return data
+
+
+def first_use(name: str) -> Path:
+    """Fetch and load ``name`` as a model loader does (which records a first file's hash)."""
+    resolved = resolve(None, name)
+    resolved.load(loads)
+    return resolved.path
+
+
 def sha(data: bytes) -> str:
     import hashlib
 
@@ -97,6 +113,8 @@ def sha(data: bytes) -> str:
 def test_first_download_records_the_hash_then_the_cache_is_used(home, server, record):
     path = fetch(record.name, progressbar=False)
     assert path == home / FILENAME and path.read_bytes() == CONTENT
+    assert fw.recorded_sha256(record) is None  # fetched, not loaded yet: nothing recorded
+    assert first_use(record.name) == path
     assert (home / f"{FILENAME}.sha256").read_text() == f"{sha(CONTENT)}  {FILENAME}\n"
     assert fw.recorded_sha256(record) == sha(CONTENT) and server.gets == 1
     assert sorted(os.listdir(home)) == [FILENAME, f"{FILENAME}.sha256"]  # no temporary left
@@ -107,7 +125,7 @@ def test_first_download_records_the_hash_then_the_cache_is_used(home, server, re
 
 
 def test_changed_file_on_the_server_is_refused_after_the_cache_is_deleted(home, server, record):
-    fetch(record.name, progressbar=False)
+    first_use(record.name)
     (home / FILENAME).unlink()
     server.put(FILENAME, CHANGED)
     with pytest.raises(WeightsError) as e:
@@ -123,7 +141,7 @@ def test_changed_file_on_the_server_is_refused_after_the_cache_is_deleted(home, 
 
 
 def test_replaced_cache_file_is_refused_naming_both_hashes(home, server, record):
-    fetch(record.name, progressbar=False)
+    first_use(record.name)
     (home / FILENAME).write_bytes(CHANGED)
     with pytest.raises(WeightsError) as e:
         fetch(record.name, progressbar=False)
@@ -132,11 +150,11 @@ def test_replaced_cache_file_is_refused_naming_both_hashes(home, server, record)
 
 
 def test_deleting_the_record_trusts_the_next_file(home, server, record):
-    fetch(record.name, progressbar=False)
+    first_use(record.name)
     (home / FILENAME).unlink()
     (home / f"{FILENAME}.sha256").unlink()
     server.put(FILENAME, CHANGED)
-    assert fetch(record.name, progressbar=False).read_bytes() == CHANGED
+    assert first_use(record.name).read_bytes() == CHANGED
     assert fw.recorded_sha256(record) == sha(CHANGED)
 
 
@@ -171,7 +189,7 @@ def test_web_page_instead_of_the_file_is_refused_and_not_recorded(home, server, 
 def test_file_put_in_the_cache_by_hand_is_trusted_and_recorded(home, record, monkeypatch):
     monkeypatch.setenv("FACEETL_OFFLINE", "1")
     (home / FILENAME).write_bytes(CHANGED)
-    assert fetch(record.name) == home / FILENAME
+    assert first_use(record.name) == home / FILENAME
     assert fw.recorded_sha256(record) == sha(CHANGED)
 
 
@@ -183,7 +201,7 @@ def test_mirror_file_is_recorded_on_first_use_and_a_changed_one_refused(
     (mirror / FILENAME).write_bytes(CONTENT)
     monkeypatch.setenv("FACEETL_WEIGHTS_URL", str(mirror))
     monkeypatch.setenv("FACEETL_OFFLINE", "1")
-    assert fetch(record.name).read_bytes() == CONTENT
+    assert first_use(record.name).read_bytes() == CONTENT
     assert fw.recorded_sha256(record) == sha(CONTENT)
     (home / FILENAME).unlink()
     (mirror / FILENAME).write_bytes(CHANGED)
@@ -192,6 +210,27 @@ def test_mirror_file_is_recorded_on_first_use_and_a_changed_one_refused(
     assert sha(CONTENT) in str(e.value) and sha(CHANGED) in str(e.value)
     assert str(mirror / FILENAME) in str(e.value)
     assert os.listdir(home) == [f"{FILENAME}.sha256"]
+
+
+def test_a_file_that_does_not_load_is_not_recorded(home, server, record):
+    """A broken first download (here: not a weights file) is refused when it fails to load,
+    removed from the cache and not recorded, so the genuine file is accepted afterwards."""
+    broken = b"truncated download"
+    server.put(FILENAME, broken)
+    with pytest.raises(WeightsError, match="does not load") as e:
+        first_use(record.name)
+    assert sha(broken) in str(e.value) and "not recorded" in str(e.value)
+    assert fw.recorded_sha256(record) is None and os.listdir(home) == []
+    server.put(FILENAME, CONTENT)
+    assert first_use(record.name).read_bytes() == CONTENT
+    assert fw.recorded_sha256(record) == sha(CONTENT)
+    # one put in the cache by hand that does not load is left there, unrecorded
+    (home / FILENAME).unlink()
+    (home / f"{FILENAME}.sha256").unlink()
+    (home / FILENAME).write_bytes(broken)
+    with pytest.raises(WeightsError, match="left where it is"):
+        first_use(record.name)
+    assert fw.recorded_sha256(record) is None and (home / FILENAME).read_bytes() == broken
 
 
 def test_corrupt_record_is_an_error(home, record):
@@ -249,3 +288,25 @@ def test_fairface_downloads_on_first_use_and_records_the_hash_in_the_provenance(
     torch.save(fairface_state_dict(6), server.folder / real.filename)
     with pytest.raises(WeightsError, match=want):
         FairFacePredictor(device="cpu")
+
+
+def test_fairface_file_in_another_layout_is_not_trusted(home, server, monkeypatch):
+    """A first FairFace download that is not FairFace's state dict fails to load and is not
+    recorded: the genuine file fetched next is accepted (before, its hash was refused)."""
+    import torch
+
+    from faceetl.nets.fairface import FAIRFACE_RACE7_WEIGHTS
+    from faceetl.predictors.fairface import FairFacePredictor
+    from predictor_weights import fairface_state_dict
+
+    real = fw.weights_info(FAIRFACE_RACE7_WEIGHTS)
+    torch.save({"fc.weight": torch.zeros(3, 3)}, server.folder / real.filename)
+    local = dataclasses.replace(real, url=f"{server.url}/{real.filename}")
+    monkeypatch.setitem(fw._WEIGHTS, FAIRFACE_RACE7_WEIGHTS, local)
+    with pytest.raises(WeightsError, match="not recorded"):
+        FairFacePredictor(device="cpu")
+    assert fw.recorded_sha256(local) is None and not (home / real.filename).exists()
+    torch.save(fairface_state_dict(5), server.folder / real.filename)
+    want = sha256sum(server.folder / real.filename)
+    assert FairFacePredictor(device="cpu").provenance()["weights"] == {real.filename: want}
+    assert fw.recorded_sha256(local) == want

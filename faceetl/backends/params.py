@@ -19,6 +19,7 @@ one is a :class:`TypeError`.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -93,3 +94,34 @@ def canonical_params(factory: Callable[..., Any], params: Mapping[str, Any]) -> 
     if not renames:
         return dict(params)
     return translate(getattr(factory, "__name__", str(factory)), renames, params)
+
+
+def effective_params(factory: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``params`` do to ``factory`` (a backend class), for comparing two runs' settings:
+    deprecated names translated (silently: the call that used them warned already), every
+    parameter's default filled in, a ``weights`` file named by its sha256 (``"sha256:<hex>"``),
+    so that the default given explicitly, an old name, or the same file by another path compare
+    equal. JSON-ready."""
+    import inspect
+    import json
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out = canonical_params(factory, params)
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: no defaults to fill in
+        sig = None
+    if sig is not None:
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        for p in sig.parameters.values():
+            if p.kind in named and p.default is not inspect.Parameter.empty:
+                out.setdefault(p.name, p.default)
+    weights = out.get("weights")
+    if isinstance(weights, (str, os.PathLike)) and not str(weights).startswith("sha256:"):
+        path = os.path.expanduser(os.fspath(weights))
+        if os.path.isfile(path):
+            from ..weights import sha256sum
+
+            out["weights"] = f"sha256:{sha256sum(path)}"
+    return json.loads(json.dumps(out, sort_keys=True, default=str))

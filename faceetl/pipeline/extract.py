@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import glob as _glob
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from ..images import (
     ImageError,
     crop_extension,
     encode_crop,
+    escape_name,
     frame_path,
     load_image,
     parse_crop_format,
@@ -43,7 +43,8 @@ from ..images import (
 )
 from ..predictors.base import REGISTRY as PREDICTORS
 from ..predictors.base import output_columns
-from .cluster import ENV_IO_THREADS, cpu_cores
+from .cluster import ENV_IO_THREADS, cpu_cores, one_model_thread
+from .names import crop_stem, safe_join
 from .predict import predict_rows
 from .progress import compute_frame, images_planned, remember_images
 
@@ -122,11 +123,11 @@ def _expand_glob(
         if extensions is not None:
             exts = tuple(e.lower() for e in extensions)
             found = [f for f in found if f.lower().endswith(exts)]
-    else:
-        found = [p]  # a single file: kept even if missing, so it gets its error row
+    else:  # a single file: kept even if missing, so it gets its error row
+        return [frame_path(p if isinstance(pattern, str) else Path(p))]
     if not found:
         raise FileNotFoundError(f"no files match {pattern!r}")
-    return found
+    return [escape_name(f) for f in found]  # names as the OS gives them, in the frame's form
 
 
 def _parallel_slots() -> int:
@@ -162,7 +163,9 @@ def read_images(
 
     A folder gives every file below it (whatever its name: the decoder reports what is not an
     image); ``extensions=(".jpg", ".png")`` keeps only names ending so (for a folder or a glob).
-    File names that are not valid UTF-8 are kept, escaped (:func:`faceetl.images.frame_path`).
+    File names that are not valid UTF-8 are kept, escaped (:func:`faceetl.images.frame_path`);
+    paths given as text are read as the frame writes them (a backslash before ``x80``-``xff``
+    or ``x5c`` is an escape), paths given as bytes or ``pathlib.Path`` as the OS names them.
     A pandas or Dask DataFrame must have a ``path`` column; its other columns (labels, ids) are
     carried through extraction. ``partition_size`` paths go in each partition (default:
     :func:`auto_partition_size`, from the number of paths and of workers) unless ``npartitions``
@@ -193,50 +196,13 @@ def read_images(
     return remember_images(dd.from_pandas(df, npartitions=min(n, len(df)), sort=False), len(df))
 
 
-def crop_relpath(path: str, root: str | None, face: int, ext: str = "png") -> str:
-    """Where a face crop goes, relative to the output folder: the input's relative layout.
-
-    ``photos/a/b.jpg`` under root ``photos`` gives ``a/b.jpg.face0.png``. A path outside ``root``
-    (or with no root) is placed by its absolute path's parts, never with ``..``. A URL
-    (``s3://bucket/photos/a/b.jpg``) is placed the same way by its bucket and key.
-    """
-    if storage.is_url(path):
-        key = storage.strip(path).lstrip("/")
-        rel = None
-        if root and storage.protocol(root) == storage.protocol(path):
-            r = storage.strip(root).strip("/")
-            if key.startswith(r + "/"):
-                rel = key[len(r) + 1 :]
-        parts = [p for p in (rel or key).split("/") if p not in ("", ".", "..")]
-        if not parts:
-            return f"face{face}.{ext}"
-        return posixpath.join(*parts[:-1], f"{parts[-1]}.face{face}.{ext}")
-    ap = os.path.abspath(path)
-    rel = None
-    if root:
-        r = os.path.relpath(ap, os.path.abspath(root))
-        if not r.startswith(os.pardir + os.sep) and r != os.pardir and not os.path.isabs(r):
-            rel = r
-    if rel is None:
-        drive, tail = os.path.splitdrive(ap)
-        rel = os.path.join(drive.replace(":", ""), tail.lstrip(os.sep))
-    parts = [p for p in Path(rel).parts if p not in ("", os.curdir, os.pardir, os.sep)]
-    name = f"{parts[-1]}.face{face}.{ext}" if parts else f"face{face}.{ext}"
-    return os.path.join(*parts[:-1], name) if parts else name
-
-
-def _safe_join(out_dir: str, rel: str) -> str:
-    if storage.is_url(out_dir):  # crop_relpath never yields '..' parts
-        return storage.join(out_dir, rel)
-    out = os.path.abspath(storage.local_path(out_dir))
-    full = os.path.abspath(os.path.join(out, rel))
-    if os.path.commonpath([out, full]) != out:  # cannot happen after crop_relpath, kept as a guard
-        full = os.path.join(out, "_other", hashlib.sha1(rel.encode()).hexdigest() + ".png")
-    return full
-
-
 class OutputError(OSError):
     """The output cannot be written: the run stops (it is not a property of one image)."""
+
+
+class CropWriteError(OSError):
+    """One image's crop could not be written to an output that is writable: the image gets an
+    ``error:`` row and the run goes on."""
 
 
 def check_writable(
@@ -265,12 +231,22 @@ def check_writable(
         raise OutputError(f"cannot write to the output folder {folder}: {e.strerror or e}") from e
 
 
-def _write_crop(crop_path: str, png: bytes, storage_options: dict[str, Any] | None) -> None:
-    """Write a crop atomically (see :func:`faceetl.storage.write_atomic`); failure stops the run."""
+def _write_crop(crop_path: str, png: bytes, out_dir: str,
+                storage_options: dict[str, Any] | None) -> None:  # fmt: skip
+    """Write a crop atomically (see :func:`faceetl.storage.write_atomic`).
+
+    A failure is this image's (:class:`CropWriteError`) when the output still takes a file,
+    else the run's (:class:`OutputError`: a full disk, a revoked permission, a gone bucket).
+    """
     try:
         storage.write_atomic(crop_path, png, storage_options)
-    except OSError as e:
-        raise OutputError(f"cannot write the crop {crop_path}: {e.strerror or e}") from e
+    except Exception as e:  # fsspec back ends raise their own kinds
+        why = f"{getattr(e, 'strerror', None) or e}"
+        try:
+            check_writable(out_dir, storage_options)
+        except OutputError as stop:
+            raise OutputError(f"cannot write the crop {crop_path}: {why} ({stop})") from e
+        raise CropWriteError(f"cannot write the crop {crop_path}: {why}") from e
 
 
 def _face_rows(
@@ -305,16 +281,22 @@ def _face_rows(
         crops = [
             _in_pool(encode_crop, crop_face(image, m, spec), crop_format).result for m, _ in fits
         ]
+    stem = None if crop_dir is None else safe_join(crop_dir, crop_stem(path, crop_root, crop_dir))
+    written: list[str] = []
     for k in range(len(det)):
         box, lm = det.boxes[k], det.landmarks[k]
         shape = None if shapes is None else shapes[k]
         m, method = fits[k]
         png = crops[k]()
         crop_path = None
-        if crop_dir is not None:
-            rel = crop_relpath(path, crop_root, k, crop_extension(crop_format))
-            crop_path = _safe_join(crop_dir, rel)
-            _write_crop(crop_path, png, storage_options)
+        if stem is not None:
+            crop_path = f"{stem}{k}.{crop_extension(crop_format)}"
+            try:
+                _write_crop(crop_path, png, crop_dir, storage_options)
+            except CropWriteError:  # no crop of an image whose row says error stays behind
+                storage.remove(written, storage_options)
+                raise
+            written.append(crop_path)
         rows.append(
             {
                 **base,
@@ -469,7 +451,7 @@ def extract_partition(
     (captured on the driver: weights mirror, offline, pixel limit) apply while the partition
     runs, whatever the worker's environment says.
     """
-    with config.applied(settings):
+    with config.applied(settings), one_model_thread():
         return _extract_partition(
             part, backend, backend_params, spec, batch_size, crop_dir, crop_root, keep_crops,
             max_pixels, plugin, storage_options, crop_format, predictors,
@@ -632,6 +614,9 @@ def _extract_partition(
                     )
                 except OutputError:
                     raise
+                except CropWriteError as e:
+                    status = schema.error_status(str(e))
+                    emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])
                 except Exception as e:
                     status = schema.error_status(f"alignment failed ({type(e).__name__}: {e})")
                     emit(i, [{**base, "status": status, "image_width": w, "image_height": h}])

@@ -21,7 +21,8 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,8 @@ import pyarrow.parquet as pq
 
 from .. import config, schema, storage
 from ..backends.base import get_backend
-from .extract import crop_relpath, extract_partition
+from .extract import extract_partition
+from .names import crop_file_re, crop_stem, is_crop_stem, safe_join, split_stem
 from .progress import COUNTS, counts
 
 log = logging.getLogger(__name__)
@@ -125,16 +127,41 @@ def read_settings(out: Output) -> dict[str, Any] | None:
 
 
 def settings_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: stored -> new`` for each setting that differs."""
+    """``key: stored -> new`` for each setting that differs.
+
+    A backend's ``weights`` given on one side only (the release on the other) is not compared
+    here: the workers compare the sha256 of the file they load with the output's recorded one.
+    """
     keys = sorted(set(stored) | set(new))
-    return [
-        f"{k}: {stored.get(k)!r} -> {new.get(k)!r}" for k in keys if stored.get(k) != new.get(k)
-    ]
+    diff = []
+    for k in keys:
+        a, b = stored.get(k), new.get(k)
+        if k == "backend_params" and isinstance(a, dict) and isinstance(b, dict):
+            if (a.get("weights") is None) != (b.get("weights") is None):
+                a, b = dict(a), dict(b)
+                a.pop("weights", None)
+                b.pop("weights", None)
+            diff += [
+                f"{k}.{p}: {a.get(p)!r} -> {b.get(p)!r}"
+                for p in sorted(set(a) | set(b))
+                if a.get(p) != b.get(p)
+            ]
+        elif a != b:
+            diff.append(f"{k}: {a!r} -> {b!r}")
+    return diff
 
 
-def check_settings(out: Output, settings: dict[str, Any], crop_root: str | None) -> dict[str, Any]:
+def check_settings(
+    out: Output,
+    settings: dict[str, Any],
+    crop_root: str | None,
+    effective: Callable[[dict[str, Any]], dict[str, Any]] = lambda s: s,
+) -> dict[str, Any]:
     """The stored settings record (written now if the output is new, with the folder the crops'
-    layout mirrors); SettingsError if this run's ``settings`` differ from the output's."""
+    layout mirrors); SettingsError if this run's ``settings`` differ from the output's.
+
+    Both sides are compared as ``effective`` gives them (defaults filled in, old names
+    translated: what the settings do, not how they were typed)."""
     record = read_settings(out)
     if record is None:
         if part_names(out):
@@ -145,7 +172,7 @@ def check_settings(out: Output, settings: dict[str, Any], crop_root: str | None)
         record = {"settings": settings, "crop_root": crop_root, "faceetl": _version()}
         out.write(f"{MANIFEST}/{SETTINGS}", json.dumps(record, indent=1).encode())
         return record
-    diff = settings_differences(record["settings"], settings)
+    diff = settings_differences(effective(record["settings"]), effective(settings))
     if diff:
         raise SettingsError(
             f"{out.url} holds faces made with other settings ({'; '.join(diff)}). "
@@ -173,45 +200,110 @@ def _version() -> str:
 # -- recovery of runs that stopped ---------------------------------------------------------------
 
 
+NOTE_VERSION = 2
+PART_RE = re.compile(r"part-[0-9a-f]{6,32}-\d{5,}\.parquet")
+REFUSED = f"{STATE}/refused"
+
+
 def recover(out: Output) -> int:
     """Clean up after partitions that were in flight when a run stopped; returns their number.
 
     A partition whose part was committed keeps its crops (only temporary files go); one whose
     part is missing loses every crop it may have written: its paths are redone by this run.
+    Only what a note of this output could name is touched: crops and temporaries of the note's
+    inputs, named as :func:`faceetl.pipeline.names.crop_stem` names them, under this output. A
+    note naming anything else (written by hand, by another program or another faceetl) is
+    refused as a whole: nothing it names is deleted, it is moved to ``.faceetl/refused/`` and
+    reported.
     """
-    notes = [n for n in out.listdir(INFLIGHT) if n.endswith(".json")]
+    notes = [n for n in out.listdir(INFLIGHT) if n.endswith(".json") and not n.startswith(".")]
     committed = set(part_names(out))
+    record = None
     for name in notes:
         data = out.read(f"{INFLIGHT}/{name}")
-        note = json.loads(data) if data else {"part": name[: -len(".json")], "crops": []}
+        if data is None:
+            continue  # another process took it meanwhile
+        if record is None:
+            record = read_settings(out) or {}
+        why, note = _check_note(out, name, data, record.get("crop_root"))
+        if why:
+            log.warning("refused the in-flight note %s: %s; nothing it names was deleted (kept "
+                        "as %s)", out.path(INFLIGHT, name), why, out.path(REFUSED, name))  # fmt: skip
+            out.write(f"{REFUSED}/{name}", data)
+            out.remove([f"{INFLIGHT}/{name}"])
+            continue
         keep = note["part"] in committed
-        for prefix in note["crops"]:
-            _remove_crops(prefix, out.storage_options, temporary_only=keep)
-        stale = [n for n in out.listdir(MANIFEST) if n.startswith(f".{note['part']}.tmp")]
+        _remove_crops(out, note["crops"], temporary_only=keep)
+        stale = [n for n in out.listdir(MANIFEST) if n.startswith(f".{note['part']}.tmp-")]
         out.remove([f"{MANIFEST}/{n}" for n in stale])
         out.remove([f"{INFLIGHT}/{name}"])
     # a note whose write was cut short (killed between writing its hidden temporary and the
     # rename) never landed, so its partition wrote nothing after it: the temporary just goes
-    orphans = [n for n in out.listdir(INFLIGHT) if n.startswith(".") and ".tmp-" in n]
+    orphans = [n for n in out.listdir(INFLIGHT) if n.startswith(".") and ".json.tmp-" in n]
     out.remove([f"{INFLIGHT}/{n}" for n in orphans])
     return len(notes)
 
 
-def _remove_crops(
-    prefix: str, storage_options: dict[str, Any] | None, temporary_only: bool
-) -> None:
-    """Delete ``<prefix><k>.png`` crops (and their hidden temporaries) of one input image."""
-    if storage.is_url(prefix):
-        folder, stem = prefix.rsplit("/", 1)
-    else:
-        folder, stem = os.path.split(prefix)
-    names = list_names(folder, storage_options)
-    victims = [n for n in names if n.startswith(f".{stem}") and ".tmp-" in n]
-    if not temporary_only:
-        victims += [
-            n for n in names if n.startswith(stem) and n[len(stem) :].split(".")[0].isdigit()
-        ]
-    storage.remove([storage.join(folder, n) for n in victims], storage_options)
+def make_note(out: Output, part: str, paths: list[str], root: str | None) -> dict[str, Any]:
+    """What a partition may leave behind: its part and each input's crop stem."""
+    return {
+        "version": NOTE_VERSION,
+        "part": part,
+        "paths": paths,
+        "crops": [crop_stem(p, root, out.url) for p in paths],
+    }
+
+
+def _check_note(
+    out: Output, name: str, data: bytes, root: str | None
+) -> tuple[str, dict[str, Any]]:
+    """('', note) for a note this output's runs could have written, else (why not, {})."""
+    try:
+        note = json.loads(data)
+    except ValueError:
+        return "not JSON", {}
+    if not isinstance(note, dict) or note.get("version") != NOTE_VERSION:
+        return f"not a version-{NOTE_VERSION} note", {}
+    part, paths, crops = note.get("part"), note.get("paths"), note.get("crops")
+    if not isinstance(part, str) or not PART_RE.fullmatch(part) or name != f"{part}.json":
+        return f"part {part!r} is not this note's part name", {}
+    if not (isinstance(paths, list) and isinstance(crops, list) and len(paths) == len(crops)):
+        return "paths and crops do not pair up", {}
+    for path, stem in zip(paths, crops, strict=True):
+        if not isinstance(path, str) or not isinstance(stem, str):
+            return "an entry is not text", {}
+        if not is_crop_stem(stem) or stem != crop_stem(path, root, out.url):
+            return f"{stem!r} is not where this output puts the crops of {path!r}", {}
+        if not _inside(out, safe_join(out.url, stem)):
+            return f"{stem!r} lies outside {out.url}", {}
+    return "", note
+
+
+def _inside(out: Output, target: str) -> bool:
+    """True when ``target`` lies under the output, symbolic links resolved (locally)."""
+    if storage.is_url(out.url):
+        return storage.under(target, out.url)
+    root = os.path.realpath(storage.local_path(out.url))
+    real = os.path.realpath(target)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _remove_crops(out: Output, stems: list[str], temporary_only: bool) -> None:
+    """Delete the crops (``<stem><k>.<ext>``) and their write temporaries of a note's inputs."""
+    by_folder: dict[str, list[str]] = {}
+    for stem in stems:
+        folder, last = split_stem(safe_join(out.url, stem))
+        by_folder.setdefault(folder, []).append(last)
+    for folder, lasts in by_folder.items():
+        names = list_names(folder, out.storage_options)
+        victims = []
+        for last in lasts:
+            pattern = crop_file_re(last)
+            victims += [
+                n for n in names
+                if pattern.fullmatch(n) and (not temporary_only or n.startswith("."))
+            ]  # fmt: skip
+        storage.remove([storage.join(folder, n) for n in victims], out.storage_options)
 
 
 # -- what is done --------------------------------------------------------------------------------
@@ -302,12 +394,6 @@ def target_schema(carried: pd.DataFrame) -> pa.Schema:
 # -- the worker side ----------------------------------------------------------------------------
 
 
-def crop_prefix(out_url: str, path: str, root: str | None) -> str:
-    """The crop paths of image ``path`` without their face number: ``<prefix><k>.png``."""
-    rel = crop_relpath(path, root, 0)
-    return storage.join(out_url, rel[: -len("0.png")])
-
-
 def commit_partition(
     part: pd.DataFrame,
     out: Output,
@@ -334,8 +420,7 @@ def commit_partition(
                 f"{out.url} was made with weights {expect_weights}; this run loads "
                 f"{made['weights']}. Write to another output folder."
             )
-    root = extract.get("crop_root")
-    note = {"part": name, "crops": [crop_prefix(out.url, str(p), root) for p in part["path"]]}
+    note = make_note(out, name, [str(p) for p in part["path"]], extract.get("crop_root"))
     out.write(f"{INFLIGHT}/{name}.json", json.dumps(note).encode())
     faces = extract_partition(
         part, **extract, crop_dir=out.url, storage_options=out.storage_options

@@ -21,6 +21,7 @@ from .. import config, schema, storage
 from ..align import crop_face, estimate_transform
 from ..images import decode_png, load_image
 from ..predictors.base import REGISTRY, get_predictor, output_columns
+from .cluster import one_model_thread
 from .progress import images_planned, remember_images
 
 if TYPE_CHECKING:  # dask.dataframe loads on first use: it is most of faceetl's import time
@@ -135,7 +136,7 @@ def predict_partition(
     ``settings``: faceetl's settings captured on the driver (weights mirror, offline, pixel
     limit), in force while the partition runs.
     """
-    with config.applied(settings):
+    with config.applied(settings), one_model_thread():
         return _predict_partition(part, model, params, batch_size, plugin, storage_options)
 
 

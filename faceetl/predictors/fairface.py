@@ -221,7 +221,7 @@ class FairFacePredictor:
                 self.weights_sha256,
             )  # fmt: skip
         self.device = default_device(device)
-        self.model = load_model(self.weights.path).to(self.device)
+        self.model = self.weights.load(load_model).to(self.device)
         self._torch = torch
 
     def logits(self, crops: Sequence[np.ndarray]) -> np.ndarray:
