@@ -13,7 +13,8 @@ import pandas as pd
 from . import config, schema, storage
 from .align import AlignSpec
 from .backends.base import REGISTRY, backend_spec
-from .images import crop_extension
+from .backends.params import effective_params
+from .images import crop_extension, parse_crop_format
 from .pipeline.cluster import cluster, in_worker_process
 from .pipeline.extract import check_writable, common_root, compute, read_images
 from .pipeline.lock import ConcurrentRunError, Lock
@@ -110,15 +111,18 @@ class Pife:
             self._client = cluster(self.backend, self._asked)
 
     def settings(self) -> dict[str, Any]:
-        """What the output's rows depend on: stored with the dataset, compared on every run."""
-        return {
-            "backend": self.backend,
-            "backend_params": json.loads(json.dumps(self.backend_params, default=str)),
-            "template": self.template,
-            "size": self.size,
-            "padding": self.padding,
-            "crop_format": self.crop_format,
-        }
+        """What the output's rows depend on: stored with the dataset, compared on every run
+        by effect (:func:`effective_settings`)."""
+        return effective_settings(
+            {
+                "backend": self.backend,
+                "backend_params": self.backend_params,
+                "template": self.template,
+                "size": self.size,
+                "padding": self.padding,
+                "crop_format": self.crop_format,
+            }
+        )
 
     def extract(
         self,
@@ -126,6 +130,7 @@ class Pife:
         output_dir: str | os.PathLike,
         *,
         storage_options: dict[str, Any] | None = None,
+        force: bool = False,
     ) -> Any:
         """Detect and align faces of ``paths``; write crops and ``faces.parquet/`` to ``output_dir``.
 
@@ -137,6 +142,10 @@ class Pife:
         ``error`` status are tried again). A run with other settings than the output's raises
         :class:`SettingsError`; a second run on the same output while one writes raises
         :class:`ConcurrentRunError`. Files under ``output_dir`` are never taken as inputs.
+
+        The run lock needs a store that creates a file only if it is absent (local folders,
+        S3, GCS, Azure, ``memory://``); on any other the run is refused unless ``force=True``,
+        which says that no other run writes to ``output_dir`` (the lock is then not atomic).
 
         Returns the whole dataset, old rows and new, as a lazy Dask frame (see
         :func:`faceetl.read_faces`; ``crop_path`` locates each crop).
@@ -154,13 +163,15 @@ class Pife:
         if inside.any():
             log.warning("%d files under the output folder %s are not inputs", inside.sum(), out.url)
             todo = todo[~inside]
-        with Lock(out) as lock:
+        with Lock(out, force=force) as lock:
             recovered = recover(out)
             if recovered:
                 log.warning(
                     "cleaned up %d partitions of a run that stopped in %s", recovered, out.url
                 )
-            record = check_settings(out, self.settings(), common_root(todo["path"]))
+            record = check_settings(
+                out, self.settings(), common_root(todo["path"]), effective_settings
+            )
             done = committed_paths(out, set(todo["path"]))
             todo = todo[~todo["path"].isin(done)].reset_index(drop=True)
             if len(todo):
@@ -203,6 +214,24 @@ class Pife:
             record_weights(out, record, json.loads(prov or "{}").get("backend", {}).get("weights"))
         if self.progress:
             print(f"faceetl: {summary(done, seconds)} -> {out.url} (dataset {out.dataset})")
+
+
+def effective_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (as :meth:`Pife.settings` gives them, or as an output stored them) by
+    what they do: the backend's parameters with defaults filled in, old names translated and
+    a weights file by its sha256 (:func:`faceetl.backends.params.effective_params`), the crop
+    format with its quality."""
+    out = dict(settings)
+    try:
+        factory = REGISTRY.spec(str(out.get("backend"))).factory
+    except ValueError:  # a backend this process does not know: compared as stored
+        factory = None
+    if factory is not None:
+        out["backend_params"] = effective_params(factory, out.get("backend_params") or {})
+    if isinstance(out.get("crop_format"), str):
+        name, quality = parse_crop_format(out["crop_format"])
+        out["crop_format"] = name if quality is None else f"{name}:{quality}"
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
 def _inputs(paths: Any, partition_size: int | None, storage_options: Any) -> pd.DataFrame:
