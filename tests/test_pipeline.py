@@ -158,11 +158,11 @@ def test_a_failing_image_costs_only_its_own_row():
     """The batch is bisected: the image the backend refuses gets an error, the others results."""
     from faceetl.backends.base import get_backend
     from faceetl.images import load_image
-    from faceetl.pipeline.extract import _detect_isolating
+    from faceetl.pipeline.stages import detect_isolating
 
     good = load_image(IMAGES / "single" / "fr_obama_small.jpg")
     bad = good.astype(np.float32)  # RetinaFace refuses anything but RGB uint8
-    out = _detect_isolating(get_backend("retinaface"), [good, good, bad, good, good])
+    out = detect_isolating(get_backend("retinaface"), [good, good, bad, good, good])
     assert [type(o).__name__ for o in out] == ["Detections"] * 2 + ["ValueError"] + [
         "Detections"
     ] * 2
@@ -241,7 +241,7 @@ def test_wrong_arguments_fail_where_they_are_written(tmp_path):
 
 
 def test_partitions_sized_from_inputs_and_workers():
-    from faceetl.pipeline.extract import auto_partition_size
+    from faceetl.pipeline.inputs import auto_partition_size
 
     assert auto_partition_size(7, slots=2) == 1  # every worker gets work on a small job
     assert auto_partition_size(100, slots=2) == 13  # about four partitions per worker
