@@ -325,3 +325,31 @@ def test_progress_counts_images_and_ends_with_a_summary(tmp_path, capsys, monkey
     out, err = capsys.readouterr()
     assert err.strip().splitlines()[-1].startswith("faceetl: 4/4 images, ")
     assert "4 images: 2 ok, 1 no_face, 1 error; 3 faces" in out
+
+
+def test_a_job_is_checked_on_the_driver_and_tokenized_by_value():
+    """One frozen Job per run: made and checked where the call is written, equal jobs give
+    equal tokens (so equal graphs), and it carries names, never a model."""
+    import pickle
+
+    from dask.base import tokenize
+
+    from faceetl.align import AlignSpec
+    from faceetl.backends import base
+    from faceetl.pipeline.job import Job
+
+    base.clear_cache()
+    a = Job.make("retinaface", {"score_threshold": 0.6}, spec=AlignSpec("arcface", 112))
+    b = Job.make("retinaface", {"score_threshold": 0.6}, spec=AlignSpec("arcface", 112))
+    assert a == b and tokenize(a) == tokenize(b)
+    assert tokenize(a) != tokenize(a.replace(batch_size=8))
+    assert tokenize(a) != tokenize(a.replace(backend_params={"score_threshold": 0.7}))
+    with pytest.raises(TypeError, match="has no parameter 'scor'"):
+        Job.make("retinaface", {"scor": 0.6})
+    with pytest.raises(ValueError, match="unknown crop format"):
+        Job.make("retinaface", crop_format="gif")
+    assert len(pickle.dumps(a)) < 2_000 and base.REGISTRY.loaded() == []
+    photo = str(IMAGES / "single" / "fr_obama_small.jpg")
+    first = extract_faces([photo] * 3, backend="opencv", score_threshold=0.6)
+    again = extract_faces([photo] * 3, backend="opencv", score_threshold=0.6)
+    assert first._name == again._name
