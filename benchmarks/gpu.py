@@ -11,8 +11,9 @@ Builds ``--n`` JPEGs (the shared photos, plus 1024x768 re-encodings of them), th
   (read, detect one image, next).
 Every figure comes from this run; ratios compare figures of this run. ``--profile N`` ends
 with a torch profile of faceetl's retinaface pipeline on N of the images (in process, threaded
-scheduler): the time of each pipeline stage (``faceetl.decode``, ``faceetl.detect``,
-``faceetl.device-crops``, ``faceetl.rows``) and the costliest operators. ``--json`` writes the
+scheduler): the time of each pipeline stage (``faceetl.read``, ``faceetl.decode``,
+``faceetl.detect``, ``faceetl.align``, ``faceetl.encode``, ``faceetl.rows``) and the costliest
+operators. ``--json`` writes the
 table (and the profile's top items) too. On a CPU, ``--device cpu --n 32`` runs the same code in about a minute (CI runs it).
 
     python benchmarks/gpu.py --device cuda --n 3000 --json gpu.json

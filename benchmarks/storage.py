@@ -157,35 +157,27 @@ def loop(args: argparse.Namespace, paths: list[str], out: Path) -> float:
     import torch
 
     import faceetl
-    from faceetl import config
     from faceetl.align import AlignSpec
-    from faceetl.backends.base import REGISTRY
-    from faceetl.pipeline.extract import common_root, extract_partition
-    from faceetl.pipeline.manifest import Output, commit_partition, target_schema
+    from faceetl.pipeline.extract import Job, common_root, extract_partition
+    from faceetl.pipeline.manifest import Commit, Output, commit_partition, target_schema
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     pife = faceetl.Pife(args.backend, 1, partition_size=args.partition_size, progress=False)
     spec = AlignSpec(pife.template, pife.size, pife.padding)
-    extract = {  # what Pife hands every partition
-        "backend": pife.backend,
-        "backend_params": dict(pife.backend_params),
-        "spec": spec,
-        "batch_size": pife.batch_size,
-        "crop_root": common_root(paths),
-        "keep_crops": False,
-        "plugin": REGISTRY.plugin(pife.backend),
-        "settings": config.capture(),
-    }
+    output = Output(str(out))
+    job = Job.make(  # what Pife hands every partition
+        pife.backend, pife.backend_params, spec=spec, batch_size=pife.batch_size,
+        crop_root=common_root(paths), keep_crops=False, crop_dir=output.url,
+    )  # fmt: skip
     frame = pd.DataFrame({"path": pd.Series(paths, dtype=faceetl.schema.STRING)})
     extract_partition(frame[:10], pife.backend, pife.backend_params, spec)  # warm: model loaded
-    target = target_schema(frame[[]])
-    output = Output(str(out))
+    commit = Commit(output, "loop", target_schema(frame[[]]))
     size = args.partition_size
     start = time.perf_counter()
     for k, i in enumerate(range(0, len(frame), size)):
         part = frame[i : i + size].reset_index(drop=True)
-        commit_partition(part, output, "loop", extract, target, partition_info={"number": k})
+        commit_partition(part, job, commit, partition_info={"number": k})
     return len(paths) / (time.perf_counter() - start)
 
 

@@ -10,16 +10,20 @@ from typing import Any
 
 import pandas as pd
 
-from . import config, schema, storage
+from . import schema, storage
 from .align import AlignSpec
 from .backends.base import REGISTRY, backend_spec
 from .backends.params import effective_params
 from .images import crop_extension, parse_crop_format
 from .pipeline.cluster import cluster, in_worker_process
-from .pipeline.extract import check_writable, common_root, compute, read_images
+from .pipeline.crops import check_writable
+from .pipeline.extract import compute
+from .pipeline.inputs import common_root, partitioned, read_images
+from .pipeline.job import Job
 from .pipeline.lock import ConcurrentRunError, Lock
 from .pipeline.manifest import (
     MANIFEST,
+    Commit,
     Output,
     SettingsError,
     check_settings,
@@ -182,28 +186,19 @@ class Pife:
 
     def _run(self, todo: pd.DataFrame, out: Output, run: str, record: dict[str, Any]) -> None:
         self._ensure_client()
-        ddf = read_images(todo, partition_size=self.partition_size)
-        extract = {
-            "backend": self.backend,
-            "backend_params": dict(self.backend_params),
-            "spec": AlignSpec(self.template, self.size, self.padding),
-            "batch_size": self.batch_size,
-            "crop_root": record.get("crop_root"),
-            "keep_crops": False,
-            "crop_format": self.crop_format,
-            "plugin": REGISTRY.plugin(self.backend),
-            "settings": config.capture(),  # travels with each task to the workers
-        }
+        ddf = partitioned(todo, self.partition_size)
+        job = Job.make(
+            self.backend, self.backend_params, spec=AlignSpec(self.template, self.size,
+            self.padding), batch_size=self.batch_size, crop_format=self.crop_format,
+            crop_dir=out.url, crop_root=record.get("crop_root"), keep_crops=False,
+            storage_options=out.storage_options,
+        )  # fmt: skip
         carried = schema.check_carried(todo.columns)
+        commit = Commit(out, run, target_schema(todo[carried]), record.get("weights"))
         counts = ddf.map_partitions(
-            commit_partition,
-            out,
-            run,
-            extract,
-            target_schema(todo[carried]),
-            record.get("weights"),
+            commit_partition, job, commit,
             meta=pd.DataFrame({c: pd.Series([], dtype="int64") for c in COUNTS}),
-        )
+        )  # fmt: skip
         counts = remember_images(counts, len(todo))
         start = time.perf_counter()
         done = compute(counts, progress=self.progress, summarize=False)

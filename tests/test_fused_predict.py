@@ -10,8 +10,9 @@ import pytest
 
 import faceetl
 from faceetl.images import load_image as real_load_image
-from faceetl.pipeline import extract as extract_module
+from faceetl.images import read_image_bytes as real_read_image_bytes
 from faceetl.pipeline import predict as predict_module
+from faceetl.pipeline import stages as extract_module
 from helpers import IMAGES
 
 PHOTOS = [
@@ -26,15 +27,17 @@ def reads(monkeypatch):
     """Counts the originals each module decodes (the real decoder still does the work)."""
     counts = {"extract": 0, "predict": 0}
 
-    def counting(name):
+    def counting(name, real):
         def load(*args, **kwargs):
             counts[name] += 1
-            return real_load_image(*args, **kwargs)
+            return real(*args, **kwargs)
 
         return load
 
-    monkeypatch.setattr(extract_module, "load_image", counting("extract"))
-    monkeypatch.setattr(predict_module, "load_image", counting("predict"))
+    # the extraction pass reads each file's bytes once, then decodes them
+    monkeypatch.setattr(extract_module, "read_image_bytes",
+                        counting("extract", real_read_image_bytes))  # fmt: skip
+    monkeypatch.setattr(predict_module, "load_image", counting("predict", real_load_image))
     return counts
 
 

@@ -158,11 +158,11 @@ def test_a_failing_image_costs_only_its_own_row():
     """The batch is bisected: the image the backend refuses gets an error, the others results."""
     from faceetl.backends.base import get_backend
     from faceetl.images import load_image
-    from faceetl.pipeline.extract import _detect_isolating
+    from faceetl.pipeline.stages import detect_isolating
 
     good = load_image(IMAGES / "single" / "fr_obama_small.jpg")
     bad = good.astype(np.float32)  # RetinaFace refuses anything but RGB uint8
-    out = _detect_isolating(get_backend("retinaface"), [good, good, bad, good, good])
+    out = detect_isolating(get_backend("retinaface"), [good, good, bad, good, good])
     assert [type(o).__name__ for o in out] == ["Detections"] * 2 + ["ValueError"] + [
         "Detections"
     ] * 2
@@ -241,7 +241,7 @@ def test_wrong_arguments_fail_where_they_are_written(tmp_path):
 
 
 def test_partitions_sized_from_inputs_and_workers():
-    from faceetl.pipeline.extract import auto_partition_size
+    from faceetl.pipeline.inputs import auto_partition_size
 
     assert auto_partition_size(7, slots=2) == 1  # every worker gets work on a small job
     assert auto_partition_size(100, slots=2) == 13  # about four partitions per worker
@@ -325,3 +325,31 @@ def test_progress_counts_images_and_ends_with_a_summary(tmp_path, capsys, monkey
     out, err = capsys.readouterr()
     assert err.strip().splitlines()[-1].startswith("faceetl: 4/4 images, ")
     assert "4 images: 2 ok, 1 no_face, 1 error; 3 faces" in out
+
+
+def test_a_job_is_checked_on_the_driver_and_tokenized_by_value():
+    """One frozen Job per run: made and checked where the call is written, equal jobs give
+    equal tokens (so equal graphs), and it carries names, never a model."""
+    import pickle
+
+    from dask.base import tokenize
+
+    from faceetl.align import AlignSpec
+    from faceetl.backends import base
+    from faceetl.pipeline.job import Job
+
+    base.clear_cache()
+    a = Job.make("retinaface", {"score_threshold": 0.6}, spec=AlignSpec("arcface", 112))
+    b = Job.make("retinaface", {"score_threshold": 0.6}, spec=AlignSpec("arcface", 112))
+    assert a == b and tokenize(a) == tokenize(b)
+    assert tokenize(a) != tokenize(a.replace(batch_size=8))
+    assert tokenize(a) != tokenize(a.replace(backend_params={"score_threshold": 0.7}))
+    with pytest.raises(TypeError, match="has no parameter 'scor'"):
+        Job.make("retinaface", {"scor": 0.6})
+    with pytest.raises(ValueError, match="unknown crop format"):
+        Job.make("retinaface", crop_format="gif")
+    assert len(pickle.dumps(a)) < 2_000 and base.REGISTRY.loaded() == []
+    photo = str(IMAGES / "single" / "fr_obama_small.jpg")
+    first = extract_faces([photo] * 3, backend="opencv", score_threshold=0.6)
+    again = extract_faces([photo] * 3, backend="opencv", score_threshold=0.6)
+    assert first._name == again._name

@@ -28,30 +28,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..nets.parsing_classes import CLASSES
+
 log = logging.getLogger(__name__)
 
 #: the CelebAMask-HQ parts in face-parsing.PyTorch's merge order; label = index + 1 (the
 #: parsing model's outputs after the background, :data:`faceetl.nets.bisenet.CLASSES`)
-PARTS: tuple[str, ...] = (
-    "skin",
-    "l_brow",
-    "r_brow",
-    "l_eye",
-    "r_eye",
-    "eye_g",
-    "l_ear",
-    "r_ear",
-    "ear_r",
-    "nose",
-    "mouth",
-    "u_lip",
-    "l_lip",
-    "neck",
-    "neck_l",
-    "cloth",
-    "hair",
-    "hat",
-)
+PARTS: tuple[str, ...] = CLASSES[1:]
 #: the order of CelebAMask-HQ's own g_mask.py ("list2"), for reproducing its label maps
 G_MASK_PARTS: tuple[str, ...] = (
     "skin",

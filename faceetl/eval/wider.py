@@ -389,7 +389,8 @@ def detect_widerface(
     sit in event folders).
     """
     from ..backends.base import evaluation_params
-    from ..pipeline.extract import IMAGE_EXTENSIONS, compute, extract_faces
+    from ..pipeline.extract import compute, extract_faces
+    from ..pipeline.inputs import IMAGE_EXTENSIONS
 
     root = Path(image_dir)
     paths = sorted(

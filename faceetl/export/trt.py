@@ -103,6 +103,43 @@ def tensorrt(
     shapes = shapes or default_profiles(meta)
 
     logger = trt.Logger(trt.Logger.WARNING)
+    serialized, half = _build_engine(trt, logger, onnx_path, shapes, fp16, workspace_gb)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(memoryview(serialized))
+    os.replace(tmp, engine_path)
+
+    report: dict[str, Any] = {
+        "onnx": str(onnx_path),
+        "fp16": half,
+        "profiles": {k: [list(s) for s in v] for k, v in shapes.items()},
+        "tensorrt_version": trt.__version__,
+        "gpu": torch.cuda.get_device_name(),
+    }
+    if check:
+        tol = tolerance if tolerance is not None else (FP16_TOLERANCE if half else TOLERANCE)
+        engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(memoryview(serialized)))
+        graph = graph_for_file(onnx_path, model, dict(params))
+        imgs = check_rgb(images) if images is not None else synthetic_images()
+        with placed(graph.module, "cuda"):
+            errors = compare(graph.module, graph.outputs, _trt_runner(trt, engine),
+                             graph.batches(imgs), "cuda")  # fmt: skip
+        report["check_max_rel_error"] = errors
+        log.info("TensorRT %s vs torch, max relative error: %s", graph.kind.kind, errors)
+        bad = {k: v for k, v in errors.items() if not v < tol}
+        if bad:
+            raise ExportError(f"TensorRT engine outputs differ from torch: {bad} >= {tol}")
+    engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(report, indent=1))
+    return engine_path
+
+
+def _build_engine(
+    trt: Any, logger: Any, onnx_path: Path, shapes: Mapping[str, Any], fp16: bool,
+    workspace_gb: float,
+) -> tuple[Any, bool]:  # fmt: skip
+    """The serialized engine built from ``onnx_path`` with one optimisation profile of
+    ``shapes``, and whether it is fp16 (asked for, and the GPU has fast fp16)."""
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
@@ -133,34 +170,7 @@ def tensorrt(
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path} (see its log)")
     log.info("TensorRT engine built in %.1f s", time.perf_counter() - t0)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(f".{engine_path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(memoryview(serialized))
-    os.replace(tmp, engine_path)
-
-    report: dict[str, Any] = {
-        "onnx": str(onnx_path),
-        "fp16": half,
-        "profiles": {k: [list(s) for s in v] for k, v in shapes.items()},
-        "tensorrt_version": trt.__version__,
-        "gpu": torch.cuda.get_device_name(),
-    }
-    if check:
-        tol = tolerance if tolerance is not None else (FP16_TOLERANCE if half else TOLERANCE)
-        graph = graph_for_file(onnx_path, model, dict(params))
-        imgs = check_rgb(images) if images is not None else synthetic_images()
-        engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(memoryview(serialized)))
-        run = _trt_runner(trt, engine)
-        with placed(graph.module, "cuda"):
-            errors = compare(graph.module, graph.outputs, run, graph.batches(imgs), "cuda")
-        report["check_max_rel_error"] = errors
-        log.info("TensorRT %s vs torch, max relative error: %s", graph.kind.kind, errors)
-        bad = {k: v for k, v in errors.items() if not v < tol}
-        if bad:
-            raise ExportError(f"TensorRT engine outputs differ from torch: {bad} >= {tol}")
-    engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(report, indent=1))
-    return engine_path
+    return serialized, half
 
 
 def _trt_runner(trt: Any, engine: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:

@@ -11,29 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..weights import load_strict, register_weights
+from .parsing_classes import CLASSES as PARSING_CLASSES
 
 #: the 19 CelebAMask-HQ classes in the released model's output order
-CLASSES = (
-    "background",
-    "skin",
-    "l_brow",
-    "r_brow",
-    "l_eye",
-    "r_eye",
-    "eye_g",
-    "l_ear",
-    "r_ear",
-    "ear_r",
-    "nose",
-    "mouth",
-    "u_lip",
-    "l_lip",
-    "neck",
-    "neck_l",
-    "cloth",
-    "hair",
-    "hat",
-)
+CLASSES = PARSING_CLASSES
 N_CLASSES = len(CLASSES)
 INPUT_SIZE = 512
 MEAN = (0.485, 0.456, 0.406)

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from .. import config, schema, storage
 from ..backends.base import get_backend
 from .extract import extract_partition
+from .job import Job
 from .names import crop_file_re, crop_stem, is_crop_stem, safe_join, split_stem
 from .progress import COUNTS, counts
 
@@ -394,37 +395,45 @@ def target_schema(carried: pd.DataFrame) -> pa.Schema:
 # -- the worker side ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class Commit:
+    """Where one run commits its partitions: the output, the run's id (in the parts' names),
+    the parts' Arrow schema, and the weights the output was made with (None: a new output)."""
+
+    out: Output
+    run: str
+    target: pa.Schema
+    expect_weights: dict[str, str] | None = None
+
+
 def commit_partition(
     part: pd.DataFrame,
-    out: Output,
-    run: str,
-    extract: dict[str, Any],
-    target: pa.Schema,
-    expect_weights: dict[str, str] | None = None,
+    job: Job,
+    commit: Commit,
     partition_info: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Extract one partition, write its crops, then commit its part; return its counts.
 
     Runs on a worker. The in-flight note is written before the first crop and removed after the
     part, so a kill anywhere leaves either a committed part or a note the next run cleans up.
+    ``job`` writes its crops under the output (``job.crop_dir`` is ``commit.out.url``).
     """
     if len(part) == 0:
         return pd.DataFrame([[0] * len(COUNTS)], columns=COUNTS)
+    out = commit.out
     number = (partition_info or {}).get("number", 0)
-    name = f"part-{run}-{number:05d}.parquet"
-    if expect_weights is not None:  # the model must be the one the output was made with
-        with config.applied(extract.get("settings")):
-            made = get_backend(extract["backend"], **extract["backend_params"]).provenance()
-        if made.get("weights") and made["weights"] != expect_weights:
+    name = f"part-{commit.run}-{number:05d}.parquet"
+    if commit.expect_weights is not None:  # the model must be the one the output was made with
+        with config.applied(job.settings):
+            made = get_backend(job.backend, **job.backend_params).provenance()
+        if made.get("weights") and made["weights"] != commit.expect_weights:
             raise SettingsError(
-                f"{out.url} was made with weights {expect_weights}; this run loads "
+                f"{out.url} was made with weights {commit.expect_weights}; this run loads "
                 f"{made['weights']}. Write to another output folder."
             )
-    note = make_note(out, name, [str(p) for p in part["path"]], extract.get("crop_root"))
+    note = make_note(out, name, [str(p) for p in part["path"]], job.crop_root)
     out.write(f"{INFLIGHT}/{name}.json", json.dumps(note).encode())
-    faces = extract_partition(
-        part, **extract, crop_dir=out.url, storage_options=out.storage_options
-    )
-    out.write(f"{MANIFEST}/{name}", _parquet_bytes(arrow_table(faces, target)))
+    faces = extract_partition(part, job)
+    out.write(f"{MANIFEST}/{name}", _parquet_bytes(arrow_table(faces, commit.target)))
     out.remove([f"{INFLIGHT}/{name}.json"])
     return counts(faces)

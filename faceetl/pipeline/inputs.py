@@ -1,0 +1,162 @@
+"""Inputs: paths from a glob, a folder, a list or a frame, listed on the driver and cut into
+partitions sized for the workers."""
+
+from __future__ import annotations
+
+import glob as _glob
+import math
+import os
+import posixpath
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .. import schema, storage
+from ..images import escape_name, frame_path
+from .cluster import cpu_cores
+from .progress import remember_images
+
+if TYPE_CHECKING:  # dask.dataframe loads on first use: it is most of faceetl's import time
+    import dask.dataframe as dd
+
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".gif",
+)  # fmt: skip
+DEFAULT_PARTITION_SIZE = 64
+
+
+def _list_folder(folder: str, extensions: Sequence[str] | None) -> list[str]:
+    """Every entry below ``folder`` that is not a folder (files, FIFOs, broken links: the decoder
+    says what each is), optionally only those whose name ends in one of ``extensions``."""
+    exts = None if extensions is None else tuple(e.lower() for e in extensions)
+    found = []
+    for root, dirs, files in os.walk(folder):  # does not descend into symlinked folders
+        dirs.sort()
+        for name in sorted(files):
+            if exts is None or name.lower().endswith(exts):
+                found.append(os.path.join(root, name))
+    return found
+
+
+def _expand_glob(
+    pattern: str | os.PathLike,
+    extensions: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> list[str]:
+    if storage.is_url(pattern):  # listed through the URL's filesystem, never the local disk
+        found = storage.list_files(os.fspath(pattern), extensions, storage_options)
+        if not found:
+            raise FileNotFoundError(f"no files match {pattern!r}")
+        return found
+    p = os.path.expanduser(storage.local_path(pattern))
+    if os.path.isdir(p):
+        found = _list_folder(p, extensions)
+    elif _glob.has_magic(p):
+        found = sorted(f for f in _glob.glob(p, recursive=True) if not os.path.isdir(f))
+        if extensions is not None:
+            exts = tuple(e.lower() for e in extensions)
+            found = [f for f in found if f.lower().endswith(exts)]
+    else:  # a single file: kept even if missing, so it gets its error row
+        return [frame_path(p if isinstance(pattern, str) else Path(p))]
+    if not found:
+        raise FileNotFoundError(f"no files match {pattern!r}")
+    return [escape_name(f) for f in found]  # names as the OS gives them, in the frame's form
+
+
+def _parallel_slots() -> int:
+    """Tasks that can run at once: the active distributed client's threads, else the cores
+    (Dask's threaded scheduler runs one task per core)."""
+    try:
+        from distributed import default_client
+
+        workers = default_client().scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    except (ImportError, ValueError):
+        return cpu_cores()
+
+
+def auto_partition_size(n_paths: int, slots: int | None = None) -> int:
+    """Paths per partition: about four partitions per parallel slot, so every worker gets work
+    and finishes close to the others, and at most DEFAULT_PARTITION_SIZE paths (large jobs)."""
+    slots = slots or _parallel_slots()
+    return int(min(DEFAULT_PARTITION_SIZE, max(1, math.ceil(n_paths / (4 * slots)))))
+
+
+def read_images(
+    source: str | os.PathLike | Sequence[str | os.PathLike] | pd.DataFrame | dd.DataFrame,
+    partition_size: int | None = None,
+    npartitions: int | None = None,
+    extensions: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dd.DataFrame:
+    """A Dask DataFrame with a ``path`` column from a glob, a folder, a list of paths, or a frame.
+
+    Paths may be local or any fsspec URL (``s3://bucket/photos/**/*.jpg``); a URL's folder or
+    glob is listed through its filesystem, with ``storage_options`` (as in ``dd.read_parquet``).
+
+    A folder gives every file below it (whatever its name: the decoder reports what is not an
+    image); ``extensions=(".jpg", ".png")`` keeps only names ending so (for a folder or a glob).
+    File names that are not valid UTF-8 are kept, escaped (:func:`faceetl.images.frame_path`);
+    paths given as text are read as the frame writes them (a backslash before ``x80``-``xff``
+    or ``x5c`` is an escape), paths given as bytes or ``pathlib.Path`` as the OS names them.
+    A pandas or Dask DataFrame must have a ``path`` column; its other columns (labels, ids) are
+    carried through extraction. ``partition_size`` paths go in each partition (default:
+    :func:`auto_partition_size`, from the number of paths and of workers) unless ``npartitions``
+    is given.
+    """
+    import dask.dataframe as dd
+
+    if isinstance(source, dd.DataFrame):
+        if "path" not in source.columns:
+            raise ValueError("the DataFrame needs a 'path' column")
+        schema.check_carried(source.columns)
+        return source.assign(path=source["path"].astype(schema.STRING))
+    if isinstance(source, pd.DataFrame):
+        if "path" not in source.columns:
+            raise ValueError("the DataFrame needs a 'path' column")
+        df = source.reset_index(drop=True).copy()
+    elif isinstance(source, (str, os.PathLike)):
+        found = _expand_glob(source, extensions, storage_options)
+        df = pd.DataFrame({"path": [frame_path(p) for p in found]})
+    else:
+        df = pd.DataFrame({"path": [frame_path(p) for p in source]})
+    if len(df) == 0:
+        raise ValueError("no input paths")
+    schema.check_carried(df.columns)
+    df["path"] = df["path"].map(frame_path).astype(schema.STRING)
+    return partitioned(df, partition_size, npartitions)
+
+
+def partitioned(
+    df: pd.DataFrame, partition_size: int | None = None, npartitions: int | None = None
+) -> dd.DataFrame:
+    """Listed inputs (a pandas frame as :func:`read_images` makes it) cut into partitions:
+    ``partition_size`` paths each (default: :func:`auto_partition_size`), or ``npartitions``."""
+    import dask.dataframe as dd
+
+    size = partition_size or auto_partition_size(len(df))
+    n = npartitions or max(1, -(-len(df) // max(1, size)))
+    return remember_images(dd.from_pandas(df, npartitions=min(n, len(df)), sort=False), len(df))
+
+
+def common_root(paths: Iterable[str]) -> str | None:
+    """The deepest folder holding every path (None when there are none, or they are on
+    different filesystems)."""
+    paths = list(paths)
+    protocols = {storage.protocol(p) if storage.is_url(p) else None for p in paths}
+    if len(protocols) > 1:
+        return None
+    proto = next(iter(protocols), None)
+    if proto is not None:
+        dirs = {posixpath.dirname("/" + storage.strip(p).lstrip("/")) for p in paths}
+        root = posixpath.commonpath(sorted(dirs)).lstrip("/")
+        return f"{proto}://{root}" if root else None
+    dirs = {os.path.dirname(os.path.abspath(storage.local_path(p))) for p in paths}
+    if not dirs:
+        return None
+    try:
+        return os.path.commonpath(sorted(dirs))
+    except ValueError:  # different drives
+        return None
