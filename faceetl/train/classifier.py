@@ -19,7 +19,6 @@ Calling the module itself, ``faceetl.train.classifier(...)``, is the deprecated 
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -47,21 +46,16 @@ from ..nets.classifier import (
     make_backbone,
 )
 from .common import (
-    Checkpoints,
     all_reduce_sum,
-    amp_setup,
-    autocast,
-    barrier,
     checkpoint_file,
     device_for,
     distributed,
-    launch,
-    make_loader,
+    inference,
+    model_device,
     plain,
-    shard,
     wrap_ddp,
 )
-from .common import progress as progress_bar
+from .recipe import Recipe, RunConfig, plain_path
 
 log = logging.getLogger(__name__)
 
@@ -149,24 +143,111 @@ def evaluate(
     num_workers: int = 0,
 ) -> dict[str, float]:
     """``{"loss": ..., "acc_<col>": ...}`` of ``model`` on a labelled dataset."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(device)
-    amp = device.type == "cuda" if amp is None else amp
+    dev = model_device(model, device)
     cols = model.label_columns
-    loader = make_loader(
-        dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
-    )
-    was_training = model.training
-    model.eval()
     tally = _Tally(cols)
-    for x, labels in loader:
-        x = x.to(device, non_blocking=True)
-        y = _targets(labels, cols, device)
-        with autocast(device, amp):
-            out = model(x)
+    for out, labels in inference(model, dataset, batch_size, dev, amp, num_workers):
+        y = _targets(labels, cols, dev)
         tally.add(_loss(out, y), out, y)
-    model.train(was_training)
     return {"loss": tally.mean_loss(), **{f"acc_{c}": tally.acc(c) for c in cols}}
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Config(RunConfig):
+    """A classifier run: the label columns, their vocabularies and the model's settings."""
+
+    cols: list[str]
+    classes: dict[str, list[Any]]
+    backbone: str
+    pretrained: Mapping[str, torch.Tensor] | str | None
+    weight_decay: float
+    dropout: float
+
+
+class _Classifier(Recipe[_Config]):
+    """One process of a classifier run: AdamW on the sum of the heads' cross-entropies."""
+
+    log = log
+    weights_key = "model"
+    tally: _Tally
+
+    def build(self) -> tuple[MultiHeadClassifier, torch.nn.Module, torch.optim.Optimizer]:
+        cfg = self.cfg
+        model = MultiHeadClassifier(cfg.backbone, cfg.classes, dropout=cfg.dropout)
+        if cfg.pretrained is not None:
+            model.load_backbone(cfg.pretrained)
+        model.to(self.dev)
+        net = wrap_ddp(model, self.dev, self.world_size)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return model, net, opt
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "backbone": cfg.backbone,
+            "label_columns": cfg.cols,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "dropout": cfg.dropout,
+            "amp": self.amp.enabled,
+            "seed": cfg.seed,
+            "train_size": len(cfg.train),
+            "val_size": 0 if cfg.val is None else len(cfg.val),
+            "world_size": self.world_size,
+        }
+
+    def check(self, ck: Mapping[str, Any], path: Path) -> None:
+        """A checkpoint of another backbone or other label vocabularies is not resumed."""
+        backbone, classes = self.cfg.backbone, self.cfg.classes
+        if ck.get("backbone") != backbone:
+            raise ValueError(f"{path} holds a {ck.get('backbone')!r} model, not {backbone!r}")
+        saved = ck.get("classes", {})
+        if list(saved) != list(classes) or any(list(saved[c]) != list(classes[c]) for c in classes):
+            raise ValueError(
+                f"{path} was trained on other labels/classes ({ {c: len(v) for c, v in saved.items()} }); "
+                "use another checkpoint_dir or resume=False"
+            )
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.tally = _Tally(self.cfg.cols)
+
+    def step(self, batch: tuple[torch.Tensor, Mapping[str, Any]], epoch: int) -> None:
+        x, labels = batch
+        x = x.to(self.dev, non_blocking=True)
+        y = _targets(labels, self.cfg.cols, self.dev)
+        with self.amp.autocast():
+            out = self.net(x)
+        loss = _loss(out, y)
+        self.optimise(loss, f"in epoch {epoch + 1}")
+        self.tally.add(loss, out, y)
+
+    def postfix(self) -> dict[str, str]:
+        return {"loss": f"{self.tally.mean_loss():.4f}"}
+
+    def end_epoch(self, epoch: int, t0: float) -> dict[str, Any]:
+        cfg, tally = self.cfg, self.tally
+        tally.reduce(self.dev)
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tally.mean_loss()}
+        row.update({f"train_acc_{c}": tally.acc(c) for c in cfg.cols})
+        if self.validating:
+            ev = evaluate(self.model, cfg.val, cfg.batch_size, self.dev, self.amp.enabled,
+                          cfg.num_workers)  # fmt: skip
+            row["val_loss"] = ev["loss"]
+            row.update({f"val_acc_{c}": ev[f"acc_{c}"] for c in cfg.cols})
+        row["images"] = tally.n
+        row["lr"] = self.opt.param_groups[0]["lr"]
+        row["seconds"] = time.perf_counter() - t0
+        return row
+
+    def checkpoint_fields(self, epoch: int) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "backbone": cfg.backbone,
+            "label_columns": cfg.cols,
+            "classes": plain(cfg.classes),
+            "dropout": cfg.dropout,
+        }
 
 
 def train(
@@ -226,157 +307,13 @@ def train(
     if len(train_ds) == 0:
         raise ValueError("the training set is empty (no rows with status ok and a crop?)")
     cfg = _Config(
-        train=train_ds,
-        val=val_ds,
-        cols=cols,
-        classes=classes,
-        backbone=backbone,
-        epochs=int(epochs),
-        batch_size=int(batch_size),
-        lr=float(lr),
-        checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
-        resume=resume if isinstance(resume, bool) else os.fspath(resume),
-        device=None if device is None else str(device),
-        amp=amp,
-        num_workers=int(num_workers),
-        progress=bool(progress),
-        pretrained=os.fspath(pretrained_state_dict)
-        if isinstance(pretrained_state_dict, os.PathLike)
-        else pretrained_state_dict,
-        weight_decay=float(weight_decay),
-        dropout=float(dropout),
-        seed=int(seed),
-        keep=keep_checkpoints,
-    )
-    return launch(
-        functools.partial(_train_process, cfg), int(world_size), device=cfg.device,
-        backend=dist_backend,
+        train=train_ds, val=val_ds, cols=cols, classes=classes, backbone=backbone, epochs=epochs,
+        batch_size=batch_size, lr=lr, checkpoint_dir=checkpoint_dir, resume=resume,
+        device=device, amp=amp, num_workers=num_workers, progress=progress,
+        pretrained=plain_path(pretrained_state_dict), weight_decay=float(weight_decay),
+        dropout=float(dropout), seed=seed, keep=keep_checkpoints, dist_backend=dist_backend,
     )  # fmt: skip
-
-
-@dataclass
-class _Config:
-    """Everything one training process needs (picklable for ``torch.multiprocessing``)."""
-
-    train: FaceDataset
-    val: FaceDataset | None
-    cols: list[str]
-    classes: dict[str, list[Any]]
-    backbone: str
-    epochs: int
-    batch_size: int
-    lr: float
-    checkpoint_dir: str | None
-    resume: bool | str
-    device: str | None
-    amp: bool | None
-    num_workers: int
-    progress: bool
-    pretrained: Mapping[str, torch.Tensor] | str | None
-    weight_decay: float
-    dropout: float
-    seed: int
-    keep: int | None
-
-
-def _train_process(
-    cfg: _Config, rank: int, world_size: int
-) -> tuple[MultiHeadClassifier, pd.DataFrame]:
-    """The training loop of one process (rank) of ``world_size``."""
-    dev = device_for(cfg.device, rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    amp = amp_setup(dev, cfg.amp)
-    main = rank == 0
-    cols, train_ds, val_ds = cfg.cols, cfg.train, cfg.val
-    torch.manual_seed(cfg.seed)
-    model = MultiHeadClassifier(cfg.backbone, cfg.classes, dropout=cfg.dropout)
-    if cfg.pretrained is not None:
-        model.load_backbone(cfg.pretrained)
-    model.to(dev)
-    net = wrap_ddp(model, dev, world_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    ckpts = Checkpoints(cfg.checkpoint_dir, cfg.resume, keep=cfg.keep, main=main, logger=log)
-    rows: list[dict[str, Any]] = []
-    start = 0
-    check = functools.partial(_check_compatible, cfg.backbone, cfg.classes)
-    ck = ckpts.load(dev, cfg.epochs, check)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        amp.load_state_dict(ck.get("scaler"))
-        start = int(ck["epoch"])
-        rows = [dict(r) for r in ck.get("metrics", [])]
-
-    config = plain(
-        {
-            "backbone": cfg.backbone,
-            "label_columns": cols,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-            "dropout": cfg.dropout,
-            "amp": amp.enabled,
-            "seed": cfg.seed,
-            "train_size": len(train_ds),
-            "val_size": 0 if val_ds is None else len(val_ds),
-            "world_size": world_size,
-        }
-    )
-    samples, per_rank = shard(len(train_ds), cfg.batch_size, world_size)
-    # BatchNorm cannot train on a last batch of one sample
-    drop_last = samples % per_rank == 1 and samples > per_rank
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        loader = make_loader(
-            train_ds, per_rank, shuffle=True, seed=cfg.seed, epoch=epoch, rank=rank,
-            world_size=world_size, num_workers=cfg.num_workers, drop_last=drop_last,
-            pin_memory=dev.type == "cuda",
-        )  # fmt: skip
-        tally = _Tally(cols)
-        bar = progress_bar(loader, cfg.progress and main, f"epoch {epoch + 1}/{cfg.epochs}")
-        for x, labels in bar:
-            x = x.to(dev, non_blocking=True)
-            y = _targets(labels, cols, dev)
-            with amp.autocast():
-                out = net(x)
-            loss = _loss(out, y)
-            if not amp.step(loss, opt):
-                log.warning("non-finite loss in epoch %d: step skipped", epoch + 1)
-            tally.add(loss, out, y)
-            if cfg.progress and main:
-                bar.set_postfix(loss=f"{tally.mean_loss():.4f}")
-        tally.reduce(dev)
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tally.mean_loss()}
-        row.update({f"train_acc_{c}": tally.acc(c) for c in cols})
-        if val_ds is not None and len(val_ds) and main:
-            ev = evaluate(model, val_ds, cfg.batch_size, dev, amp.enabled, cfg.num_workers)
-            row["val_loss"] = ev["loss"]
-            row.update({f"val_acc_{c}": ev[f"acc_{c}"] for c in cols})
-        row["images"] = tally.n
-        row["lr"] = opt.param_groups[0]["lr"]
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(plain(row))
-        if main:
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, row)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scaler": amp.state_dict(),
-            "epoch": epoch + 1,
-            "backbone": cfg.backbone,
-            "label_columns": cols,
-            "classes": plain(cfg.classes),
-            "dropout": cfg.dropout,
-            "metrics": rows,
-            "config": config,
-        }
-        ckpts.save(state, epoch + 1)
-        barrier()
-    model.eval()
-    return model, pd.DataFrame(rows)
+    return _Classifier.run(cfg, world_size)
 
 
 def _restrict(ds: FaceDataset, cols: Sequence[str]) -> FaceDataset:
@@ -388,18 +325,6 @@ def _restrict(ds: FaceDataset, cols: Sequence[str]) -> FaceDataset:
     out = copy.copy(ds)
     out.label_columns = list(cols)
     return out
-
-
-def _check_compatible(backbone: str, classes: Mapping, ck: Mapping[str, Any], path: Path) -> None:
-    """A checkpoint of another backbone or other label vocabularies is not resumed."""
-    if ck.get("backbone") != backbone:
-        raise ValueError(f"{path} holds a {ck.get('backbone')!r} model, not {backbone!r}")
-    saved = ck.get("classes", {})
-    if list(saved) != list(classes) or any(list(saved[c]) != list(classes[c]) for c in classes):
-        raise ValueError(
-            f"{path} was trained on other labels/classes ({ {c: len(v) for c, v in saved.items()} }); "
-            "use another checkpoint_dir or resume=False"
-        )
 
 
 # --- loading and predicting ---------------------------------------------------------------------
@@ -437,19 +362,12 @@ def predict(
     """
     ds = dataset if isinstance(dataset, FaceDataset) else FaceDataset(dataset)
     ds = _restrict(ds, [])  # labels are not needed
-    dev = next(model.parameters()).device if device is None else torch.device(device)
-    model.to(dev)
-    amp = dev.type == "cuda" if amp is None else amp
-    was_training = model.training
-    model.eval()
-    loader = make_loader(ds, batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
+    dev = model_device(model, device)
     probs: dict[str, list[np.ndarray]] = {c: [] for c in model.label_columns}
-    for x, _ in progress_bar(loader, progress, "predict"):
-        with autocast(dev, amp):
-            out = model(x.to(dev, non_blocking=True))
+    batches = inference(model, ds, batch_size, dev, amp, num_workers, bar=progress, desc="predict")
+    for out, _ in batches:
         for c in model.label_columns:
             probs[c].append(out[c].float().softmax(1).cpu().numpy())
-    model.train(was_training)
     res = pd.DataFrame(index=ds.frame.index)
     for c in model.label_columns:
         n_cls = len(model.classes[c])

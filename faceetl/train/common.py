@@ -3,7 +3,8 @@
 - :func:`device_for` and :func:`amp_setup` (autocast + ``GradScaler``; :meth:`Amp.step` runs
   backward and an optimiser step, skipping non-finite losses).
 - :func:`make_loader`: a DataLoader whose order and worker seeds (torch, numpy, ``random``) are
-  drawn from ``(seed, epoch)`` (a ``DistributedSampler`` per rank under DDP).
+  drawn from ``(seed, epoch)`` (a ``DistributedSampler`` per rank under DDP); :func:`inference`
+  runs a model over a dataset in eval mode (the evaluators' and ``predict``'s loop).
 - :class:`Checkpoints`: ``epoch_NNN.pt`` + ``last.pt`` written atomically, the last ``keep``
   epochs kept, resumed from the folder or from a given file or folder, versions checked.
 - :func:`launch`: runs the per-process training function once, under ``torchrun`` or an
@@ -17,7 +18,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,6 +169,44 @@ def make_loader(
         num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory,
         drop_last=drop_last, generator=g,
     )  # fmt: skip
+
+
+def model_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """``device``, else the device ``model``'s parameters are on."""
+    return torch.device(device) if device is not None else next(model.parameters()).device
+
+
+@torch.no_grad()
+def inference(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    amp: bool | None = None,
+    num_workers: int = 0,
+    *,
+    collate_fn: Callable | None = None,
+    bar: bool = False,
+    desc: str = "evaluate",
+) -> Iterator[tuple[Any, Any]]:
+    """``(model(x), rest)`` for every batch ``(x, rest)`` of ``dataset``, in order.
+
+    ``model`` runs on ``device`` in eval mode without gradients (its training mode is restored
+    after), under autocast when ``amp`` (default: on CUDA); ``bar`` shows progress.
+    """
+    model.to(device)
+    amp = device.type == "cuda" if amp is None else bool(amp)
+    loader = make_loader(dataset, batch_size, num_workers=num_workers, collate_fn=collate_fn,
+                         pin_memory=device.type == "cuda")  # fmt: skip
+    was_training = model.training
+    model.eval()
+    try:
+        for x, rest in progress(loader, bar, desc):
+            with autocast(device, amp):
+                out = model(x.to(device, non_blocking=True))
+            yield out, rest
+    finally:
+        model.train(was_training)
 
 
 def shard(n: int, batch_size: int, world_size: int) -> tuple[int, int]:
@@ -417,9 +456,11 @@ __all__ = [
     "checkpoint_file",
     "device_for",
     "distributed",
+    "inference",
     "launch",
     "link",
     "make_loader",
+    "model_device",
     "plain",
     "progress",
     "save",

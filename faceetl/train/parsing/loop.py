@@ -1,10 +1,9 @@
-"""The face-parsing training loop (face-parsing.PyTorch's ``train.py``): SGD with an exponential
-warm-up and the poly schedule, the sum of three OHEM losses, mixed precision, DDP and
-checkpoints every epoch (:mod:`faceetl.train.common`)."""
+"""The face-parsing training recipe (face-parsing.PyTorch's ``train.py``): SGD with an
+exponential warm-up and the poly schedule, the sum of three OHEM losses; mixed precision, DDP
+and checkpoints every epoch come with the shared loop (:mod:`faceetl.train.recipe`)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -19,19 +18,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...datasets.celebamask import IMAGE_SIZE
-from ..common import (
-    Checkpoints,
-    all_reduce_sum,
-    amp_setup,
-    barrier,
-    device_for,
-    launch,
-    make_loader,
-    plain,
-    progress,
-    shard,
-    wrap_ddp,
-)
+from ..common import all_reduce_sum, wrap_ddp
+from ..recipe import Recipe, RunConfig, plain_path
 from .data import CLASSES, CROP_SIZE, IGNORE_LABEL, _as_dataset
 from .loss import OhemCELoss
 from .metrics import evaluate
@@ -123,54 +111,25 @@ def train(
     if epochs < 0 or batch_size < 1:
         raise ValueError("epochs must be >= 0 and batch_size >= 1")
     cfg = _Config(
-        train=train_ds,
-        val=val_ds,
-        epochs=int(epochs),
-        batch_size=int(batch_size),
-        lr=float(lr),
-        checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
-        resume=resume if isinstance(resume, bool) else os.fspath(resume),
-        device=None if device is None else str(device),
-        amp=amp,
-        init=os.fspath(init) if isinstance(init, os.PathLike) else init,
-        progress=bool(progress),
-        image_size=int(image_size),
-        crop_size=int(crop_size),
-        num_workers=int(num_workers),
-        momentum=float(momentum),
-        weight_decay=float(weight_decay),
-        warmup_steps=warmup_steps,
-        warmup_start_lr=float(warmup_start_lr),
-        power=float(power),
-        ohem_thresh=float(ohem_thresh),
-        aux_weight=float(aux_weight),
-        keep=0 if not keep_epochs else keep_checkpoints,
-        seed=int(seed),
-    )
-    return launch(
-        functools.partial(_train_process, cfg), int(world_size), device=cfg.device,
-        backend=dist_backend,
+        train=train_ds, val=val_ds, epochs=epochs, batch_size=batch_size, lr=lr,
+        checkpoint_dir=checkpoint_dir, resume=resume, device=device, amp=amp,
+        init=plain_path(init), progress=progress, image_size=int(image_size),
+        crop_size=int(crop_size), num_workers=num_workers, momentum=float(momentum),
+        weight_decay=float(weight_decay), warmup_steps=warmup_steps,
+        warmup_start_lr=float(warmup_start_lr), power=float(power),
+        ohem_thresh=float(ohem_thresh), aux_weight=float(aux_weight),
+        keep=0 if not keep_epochs else keep_checkpoints, seed=seed, dist_backend=dist_backend,
     )  # fmt: skip
+    return _Parsing.run(cfg, world_size)
 
 
-@dataclass
-class _Config:
-    """Everything one training process needs (picklable for ``torch.multiprocessing``)."""
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Config(RunConfig):
+    """A parsing run: the image sizes, initial weights, SGD, schedule and loss settings."""
 
-    train: Dataset
-    val: Dataset | None
-    epochs: int
-    batch_size: int
-    lr: float
-    checkpoint_dir: str | None
-    resume: bool | str
-    device: str | None
-    amp: bool | None
     init: str | Mapping[str, torch.Tensor] | None
-    progress: bool
     image_size: int
     crop_size: int
-    num_workers: int
     momentum: float
     weight_decay: float
     warmup_steps: int | None
@@ -178,140 +137,117 @@ class _Config:
     power: float
     ohem_thresh: float
     aux_weight: float
-    keep: int | None
-    seed: int
 
 
-def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[nn.Module, pd.DataFrame]:
-    """The training loop of one process (rank) of ``world_size``."""
-    dev = device_for(cfg.device, rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    amp = amp_setup(dev, cfg.amp)
-    main = rank == 0
-    train_ds = cfg.train
-    samples, per_rank = shard(len(train_ds), cfg.batch_size, world_size)
-    # BatchNorm cannot train on a batch of one sample
-    drop_last = samples % per_rank == 1 and samples > per_rank
-    steps = samples // per_rank if drop_last else math.ceil(samples / per_rank)
-    max_iter = max(1, cfg.epochs * steps)
-    warmup = min(1000, max_iter // 10) if cfg.warmup_steps is None else int(cfg.warmup_steps)
+class _Parsing(Recipe[_Config]):
+    """One process of a parsing run: SGD on the three OHEM losses, the lr set every step."""
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.init).to(dev)
-    net = wrap_ddp(TrainingHeads(model), dev, world_size)
-    opt = torch.optim.SGD(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-    )  # fmt: skip
-    criterion = OhemCELoss(cfg.ohem_thresh, None, IGNORE_LABEL)
+    log = log
+    sums: torch.Tensor  # the epoch's loss, main-head loss and images
+    base_lr: float
 
-    config = plain(
-        {
+    def build(self) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+        cfg = self.cfg
+        self.max_iter = max(1, cfg.epochs * self.steps)
+        warmup = min(1000, self.max_iter // 10) if cfg.warmup_steps is None else cfg.warmup_steps
+        self.warmup = int(warmup)
+        self.it = 0  # iterations done (each process)
+        model = build_model(cfg.init).to(self.dev)
+        net = wrap_ddp(TrainingHeads(model), self.dev, self.world_size)
+        opt = torch.optim.SGD(
+            param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )  # fmt: skip
+        self.criterion = OhemCELoss(cfg.ohem_thresh, None, IGNORE_LABEL)
+        return model, net, opt
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
             "arch": "BiSeNet (face-parsing.PyTorch)",
             "classes": list(CLASSES),
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
             "momentum": cfg.momentum,
             "weight_decay": cfg.weight_decay,
-            "warmup_steps": warmup,
+            "warmup_steps": self.warmup,
             "warmup_start_lr": cfg.warmup_start_lr,
             "power": cfg.power,
-            "max_iter": max_iter,
+            "max_iter": self.max_iter,
             "ohem_thresh": cfg.ohem_thresh,
             "aux_weight": cfg.aux_weight,
-            "image_size": getattr(train_ds, "image_size", cfg.image_size),
-            "crop_size": getattr(train_ds, "crop_size", cfg.crop_size),
-            "amp": amp.enabled,
+            "image_size": getattr(cfg.train, "image_size", cfg.image_size),
+            "crop_size": getattr(cfg.train, "crop_size", cfg.crop_size),
+            "amp": self.amp.enabled,
             "seed": cfg.seed,
-            "train_size": len(train_ds),
-            "world_size": world_size,
+            "train_size": len(cfg.train),
+            "world_size": self.world_size,
             "init": cfg.init if isinstance(cfg.init, str) else (cfg.init is not None),
         }
-    )
-    ckpts = Checkpoints(cfg.checkpoint_dir, cfg.resume, keep=cfg.keep, main=main, logger=log)
-    rows: list[dict[str, Any]] = []
-    start = 0
-    it = 0
-    ck = ckpts.load(dev, cfg.epochs)
-    if ck is not None:
+
+    def resumed(self, ck: Mapping[str, Any]) -> None:
         planned = ck.get("config", {}).get("max_iter")
-        if main and planned not in (None, max_iter):
-            log.warning(
+        if self.main and planned not in (None, self.max_iter):
+            self.log.warning(
                 "%s was planned for %s iterations, this run for %d (epochs or batch size "
                 "changed): the learning-rate schedule follows this run",
-                ckpts.source(), planned, max_iter,
+                self.ckpts.source(), planned, self.max_iter,
             )  # fmt: skip
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        amp.load_state_dict(ck.get("scaler"))
-        start = int(ck["epoch"])
-        it = int(ck["iteration"])
-        rows = [dict(r) for r in ck.get("metrics", [])]
+        self.it = int(ck["iteration"])
 
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
+    def _lr(self) -> float:
+        cfg = self.cfg
+        return learning_rate(
+            self.it, cfg.lr, self.max_iter, self.warmup, cfg.warmup_start_lr, cfg.power
+        )
+
+    def begin_epoch(self, epoch: int) -> None:
         # the augmentation draws from torch's generator in the main process (workers: seeded
         # by the loader); each rank draws its own
-        torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * rank)
-        loader = make_loader(
-            train_ds, per_rank, shuffle=True, seed=cfg.seed, epoch=epoch, rank=rank,
-            world_size=world_size, num_workers=cfg.num_workers, drop_last=drop_last,
-            pin_memory=dev.type == "cuda",
-        )  # fmt: skip
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, main-head loss, images
-        bar = progress(loader, cfg.progress and main, f"epoch {epoch + 1}/{cfg.epochs}")
-        base_lr = learning_rate(it, cfg.lr, max_iter, warmup, cfg.warmup_start_lr, cfg.power)
-        for x, y in bar:
-            base_lr = learning_rate(it, cfg.lr, max_iter, warmup, cfg.warmup_start_lr, cfg.power)
-            for g in opt.param_groups:
-                g["lr"] = base_lr * g.get("lr_mul", 1.0)
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
-            with amp.autocast():
-                out, out16, out32 = net(x)
-            lp = criterion(out, y)
-            loss = lp + cfg.aux_weight * (criterion(out16, y) + criterion(out32, y))
-            if not amp.step(loss, opt):
-                log.warning("non-finite loss at iteration %d: step skipped", it)
-            it += 1
-            b = x.shape[0]
-            sums += torch.tensor([float(loss.detach()) * b, float(lp.detach()) * b, b])
-            if cfg.progress and main:
-                bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}", lr=f"{base_lr:.2e}")
-        sums = all_reduce_sum(sums, dev)
+        torch.manual_seed(self.cfg.seed * 100_003 + epoch + 1_000_003 * self.rank)
+        self.sums = torch.zeros(3, dtype=torch.float64)
+        self.base_lr = self._lr()
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor], epoch: int) -> None:
+        self.base_lr = self._lr()
+        self.set_lr(self.base_lr)
+        x = batch[0].to(self.dev, non_blocking=True)
+        y = batch[1].to(self.dev, non_blocking=True)
+        with self.amp.autocast():
+            out, out16, out32 = self.net(x)
+        crit = self.criterion
+        lp = crit(out, y)
+        loss = lp + self.cfg.aux_weight * (crit(out16, y) + crit(out32, y))
+        self.optimise(loss, f"at iteration {self.it}")
+        self.it += 1
+        b = x.shape[0]
+        self.sums += torch.tensor([float(loss.detach()) * b, float(lp.detach()) * b, b])
+
+    def postfix(self) -> dict[str, str]:
+        return {"loss": f"{float(self.sums[0] / self.sums[2]):.4f}", "lr": f"{self.base_lr:.2e}"}
+
+    def end_epoch(self, epoch: int, t0: float) -> dict[str, Any]:
+        cfg = self.cfg
+        sums = all_reduce_sum(self.sums, self.dev)
         n = float(sums[2])
         row: dict[str, Any] = {
             "epoch": epoch + 1,
-            "iterations": it,
+            "iterations": self.it,
             "train_loss": float(sums[0]) / n if n else math.nan,
             "train_loss_main": float(sums[1]) / n if n else math.nan,
             "images": int(n),
-            "lr": base_lr,
+            "lr": self.base_lr,
         }
-        if cfg.val is not None and len(cfg.val) and main:
-            ev = evaluate(model, cfg.val, per_rank, dev, amp.enabled, cfg.num_workers)
+        if self.validating:
+            ev = evaluate(self.model, cfg.val, self.per_rank, self.dev, self.amp.enabled,
+                          cfg.num_workers)  # fmt: skip
             row["val_miou"] = ev["miou"]
             row["val_pixel_accuracy"] = ev["pixel_accuracy"]
         row["seconds"] = time.perf_counter() - t0
-        rows.append(plain(row))
-        if main:
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, row)
-        state = {
-            "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scaler": amp.state_dict(),
-            "epoch": epoch + 1,
-            "iteration": it,
-            "classes": list(CLASSES),
-            "metrics": rows,
-            "config": config,
-        }
-        ckpts.save(state, epoch + 1)
-        barrier()
-    model.eval()
-    return model, pd.DataFrame(rows)
+        return row
+
+    def checkpoint_fields(self, epoch: int) -> dict[str, Any]:
+        return {"iteration": self.it, "classes": list(CLASSES)}
 
 
 __all__ = ["learning_rate", "train"]

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..common import autocast, make_loader
-from ..common import progress as progress_bar
+from ..common import inference, model_device
 from .data import CLASSES, IGNORE_LABEL, N_CLASSES, CelebAMaskHQ, _as_dataset
 
 
@@ -84,18 +83,10 @@ def evaluate(
     ds = _as_dataset(dataset, augment=False)
     if isinstance(ds, CelebAMaskHQ) and ds.augment:
         ds = ds.with_augment(False)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(dev)
-    amp = dev.type == "cuda" if amp is None else bool(amp)
-    was_training = model.training
-    model.eval()
-    loader = make_loader(ds, batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
+    dev = model_device(model, device)
     cm = np.zeros((N_CLASSES, N_CLASSES), np.int64)
-    for x, y in progress_bar(loader, progress, "evaluate"):
-        with autocast(dev, amp):
-            logits = model(x.to(dev, non_blocking=True))
+    for logits, y in inference(model, ds, batch_size, dev, amp, num_workers, bar=progress):
         cm += confusion_matrix(logits.argmax(1), y.to(dev))
-    model.train(was_training)
     return iou_from_confusion(cm, include_background=include_background)
 
 

@@ -1,10 +1,9 @@
-"""The RetinaFace training loop: SGD with the published schedule, multibox loss, mixed
-precision, DDP, checkpoints every epoch (:mod:`faceetl.train.common`), and the loss of a model
-on a dataset (:func:`evaluate_loss`)."""
+"""The RetinaFace training recipe: SGD with the published schedule and the multibox loss (mixed
+precision, DDP and checkpoints every epoch come with the shared loop,
+:mod:`faceetl.train.recipe`), and the loss of a model on a dataset (:func:`evaluate_loss`)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -20,20 +19,8 @@ import torch
 from ...datasets.annotation import ImageAnnotation
 from ...nets.retinaface import RetinaFace, network_name
 from ...nets.retinaface_priors import normalised_priors
-from ..common import (
-    Checkpoints,
-    all_reduce_sum,
-    amp_setup,
-    autocast,
-    barrier,
-    device_for,
-    launch,
-    make_loader,
-    plain,
-    progress,
-    shard,
-    wrap_ddp,
-)
+from ..common import all_reduce_sum, inference, model_device, wrap_ddp
+from ..recipe import Recipe, RunConfig, plain_path
 from .data import RetinaFaceDataset, collate
 from .loss import MultiBoxLoss
 from .model import load_init, resolve_init
@@ -56,18 +43,13 @@ def evaluate_loss(
 ) -> dict[str, float]:
     """Mean losses ``{"loss", "loss_loc", "loss_conf", "loss_landm"}`` of ``model`` (eval mode)
     over ``dataset`` (use ``augment=False`` for a fixed measure)."""
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    amp = dev.type == "cuda" if amp is None else bool(amp)
-    was_training = model.training
-    model.to(dev).eval()
+    dev = model_device(model, device)
     crit = MultiBoxLoss(threshold, neg_pos_ratio)
     priors = normalised_priors(dataset.image_size, dev)
     sums = dict.fromkeys(("loss", "loss_loc", "loss_conf", "loss_landm"), 0.0)
     n = 0
-    loader = make_loader(dataset, batch_size, num_workers=num_workers, collate_fn=collate)
-    for x, targets in loader:
-        with autocast(dev, amp):
-            out = model(x.to(dev, non_blocking=True))
+    batches = inference(model, dataset, batch_size, dev, amp, num_workers, collate_fn=collate)
+    for out, targets in batches:
         lo = crit(out, priors, targets)
         b = len(targets)
         sums["loss"] += float(lo.total(loc_weight)) * b
@@ -75,7 +57,6 @@ def evaluate_loss(
         sums["loss_conf"] += float(lo.conf) * b
         sums["loss_landm"] += float(lo.landm) * b
         n += b
-    model.train(was_training)
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
@@ -95,36 +76,6 @@ def _as_dataset(
             data, image_root, image_size=size, augment=augment, seed=seed
         )
     return RetinaFaceDataset(data, image_root, size, augment=augment, seed=seed)
-
-
-@dataclass
-class _Config:
-    """Everything one training process needs (picklable for ``torch.multiprocessing``)."""
-
-    dataset: RetinaFaceDataset
-    val: RetinaFaceDataset | None
-    network: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    gamma: float
-    milestones: tuple[float, ...]
-    warmup_epochs: float
-    loc_weight: float
-    threshold: float
-    neg_pos_ratio: float
-    init: str | None
-    checkpoint_dir: str | None
-    resume: bool | str
-    device: str | None
-    amp: bool | None
-    num_workers: int
-    progress: bool
-    seed: int
-    keep_checkpoints: int | None
-    dist_backend: str | None
 
 
 def train(
@@ -202,135 +153,127 @@ def train(
         else:
             val_ds = RetinaFaceDataset(val, image_root, dataset.image_size, augment=False)
     init_path = resolve_init(init, network)
-    ms = tuple(float(m) for m in (milestones or default_milestones(network, epochs)))
     cfg = _Config(
-        dataset=dataset,
-        val=val_ds,
-        network=network,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=float(lr),
-        momentum=float(momentum),
-        weight_decay=float(weight_decay),
-        gamma=float(gamma),
-        milestones=ms,
-        warmup_epochs=float(warmup_epochs),
-        loc_weight=float(loc_weight),
-        threshold=float(overlap_threshold),
-        neg_pos_ratio=float(neg_pos_ratio),
-        init=None if init_path is None else os.fspath(init_path),
-        checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
-        resume=resume if isinstance(resume, bool) else os.fspath(resume),
-        device=None if device is None else str(device),
-        amp=amp,
-        num_workers=int(num_workers),
-        progress=bool(progress),
-        seed=int(seed),
-        keep_checkpoints=keep_checkpoints,
-        dist_backend=dist_backend,
-    )
-    model, metrics = launch(
-        functools.partial(_train_process, cfg), int(world_size), device=cfg.device,
-        backend=cfg.dist_backend,
+        train=dataset, val=val_ds, network=network, epochs=epochs, batch_size=batch_size, lr=lr,
+        momentum=float(momentum), weight_decay=float(weight_decay), gamma=float(gamma),
+        milestones=tuple(float(m) for m in (milestones or default_milestones(network, epochs))),
+        warmup_epochs=float(warmup_epochs), loc_weight=float(loc_weight),
+        threshold=float(overlap_threshold), neg_pos_ratio=float(neg_pos_ratio),
+        init=plain_path(init_path), checkpoint_dir=checkpoint_dir, resume=resume,
+        device=device, amp=amp, num_workers=num_workers, progress=progress, seed=seed,
+        keep=keep_checkpoints, dist_backend=dist_backend,
     )  # fmt: skip
-    return model, metrics
+    return _RetinaFace.run(cfg, world_size)
 
 
-def _check_resumable(network: str, image_size: int, ck: Mapping[str, Any], path: Path) -> None:
-    """A checkpoint of another network or image size is not resumed."""
-    if ck.get("network") != network:
-        raise ValueError(f"{path} holds a {ck.get('network')!r} model, not {network!r}")
-    if int(ck.get("image_size", image_size)) != image_size:
-        raise ValueError(
-            f"{path} was trained at image_size {ck.get('image_size')}, "
-            f"not {image_size}; use another checkpoint_dir or resume=False"
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Config(RunConfig):
+    """A RetinaFace run: the network, SGD, schedule (milestones in epochs) and loss settings."""
+
+    network: str
+    momentum: float
+    weight_decay: float
+    gamma: float
+    milestones: tuple[float, ...]
+    warmup_epochs: float
+    loc_weight: float
+    threshold: float
+    neg_pos_ratio: float
+    init: str | None
+
+
+class _RetinaFace(Recipe[_Config]):
+    """One process of a RetinaFace run: SGD on the multibox loss, the lr set every step."""
+
+    log = log
+    collate_fn = staticmethod(collate)
+    drop_single = False
+    min_keep = 1  # keep_checkpoints=0 still keeps the newest epoch_NNN.pt
+    cudnn_benchmark = True
+    sums: torch.Tensor  # the epoch's loss, loc, conf, landm, images, skipped steps
+    lr: float
+
+    def build(self) -> tuple[RetinaFace, torch.nn.Module, torch.optim.Optimizer]:
+        cfg = self.cfg
+        model = RetinaFace(cfg.network)
+        if cfg.init is not None:
+            kind = load_init(model, Path(cfg.init))
+            self.log.info("initialised %s from %s (%s)", cfg.network, cfg.init, kind)
+        model.to(self.dev)
+        net = wrap_ddp(model, self.dev, self.world_size)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
+        self.crit = MultiBoxLoss(cfg.threshold, cfg.neg_pos_ratio)
+        self.priors = normalised_priors(cfg.train.image_size, self.dev)
+        self.milestone_its = [round(m * self.steps) for m in cfg.milestones]
+        self.warmup_its = round(cfg.warmup_epochs * self.steps)
+        return model, net, opt
 
-
-def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[RetinaFace, pd.DataFrame]:
-    """The training loop of one process (rank) of ``world_size``."""
-    dev = device_for(cfg.device, rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-        torch.backends.cudnn.benchmark = True
-    amp = amp_setup(dev, cfg.amp)
-    main = rank == 0
-    torch.manual_seed(cfg.seed)
-    model = RetinaFace(cfg.network)
-    if cfg.init is not None:
-        kind = load_init(model, Path(cfg.init))
-        log.info("initialised %s from %s (%s)", cfg.network, cfg.init, kind)
-    model.to(dev)
-    net = wrap_ddp(model, dev, world_size)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    crit = MultiBoxLoss(cfg.threshold, cfg.neg_pos_ratio)
-    ds = cfg.dataset
-    priors = normalised_priors(ds.image_size, dev)
-    samples, per_rank = shard(len(ds), cfg.batch_size, world_size)
-    epoch_size = math.ceil(samples / per_rank)  # iterations per epoch (each process)
-    milestone_its = [round(m * epoch_size) for m in cfg.milestones]
-    warmup_its = round(cfg.warmup_epochs * epoch_size)
-
-    keep = None if cfg.keep_checkpoints is None else max(cfg.keep_checkpoints, 1)
-    ckpts = Checkpoints(cfg.checkpoint_dir, cfg.resume, keep=keep, main=main, logger=log)
-    rows: list[dict[str, Any]] = []
-    start = 0
-    ck = ckpts.load(
-        dev, cfg.epochs, functools.partial(_check_resumable, cfg.network, ds.image_size)
-    )
-    if ck is not None:
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        amp.load_state_dict(ck.get("scaler"))
-        start = int(ck["epoch"])
-        rows = [dict(r) for r in ck.get("metrics", [])]
-
-    config = plain(
-        {k: v for k, v in cfg.__dict__.items() if k not in ("dataset", "val")}
-        | {
-            "image_size": ds.image_size,
-            "train_size": len(ds),
-            "world_size": world_size,
-            "epoch_size": epoch_size,
-            "milestone_iterations": milestone_its,
-            "amp": amp.enabled,
+    def describe(self) -> dict[str, Any]:
+        cfg = self.cfg
+        # every setting (in the order the checkpoints of earlier versions hold them), then
+        # what this process made of them
+        names = ("network", "epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma",
+                 "milestones", "warmup_epochs", "loc_weight", "threshold", "neg_pos_ratio",
+                 "init", "checkpoint_dir", "resume", "device")  # fmt: skip
+        return {n: getattr(cfg, n) for n in names} | {
+            "amp": self.amp.enabled,
+            "num_workers": cfg.num_workers,
+            "progress": cfg.progress,
+            "seed": cfg.seed,
+            "keep_checkpoints": cfg.keep,
+            "dist_backend": cfg.dist_backend,
+            "image_size": cfg.train.image_size,
+            "train_size": len(cfg.train),
+            "world_size": self.world_size,
+            "epoch_size": self.steps,
+            "milestone_iterations": self.milestone_its,
         }
-    )
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        ds.set_epoch(epoch)
-        model.train()
-        loader = make_loader(
-            ds, per_rank, shuffle=True, seed=cfg.seed, epoch=epoch, rank=rank,
-            world_size=world_size, num_workers=cfg.num_workers, collate_fn=collate,
-            pin_memory=dev.type == "cuda",
-        )  # fmt: skip
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, loc, conf, landm, images, skipped
-        lr = cfg.lr
-        bar = progress(loader, cfg.progress and main, f"epoch {epoch + 1}/{cfg.epochs}")
-        for it, (x, targets) in enumerate(bar):
-            iteration = epoch * epoch_size + it
-            lr = learning_rate(iteration, cfg.lr, milestone_its, cfg.gamma, warmup_its)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x = x.to(dev, non_blocking=True)
-            with amp.autocast():
-                out = net(x)
-            lo = crit(out, priors, targets)
-            loss = lo.total(cfg.loc_weight)
-            if not amp.step(loss, opt):
-                sums[5] += 1
-                log.warning("non-finite loss at iteration %d: step skipped", iteration)
-            b = x.shape[0]
-            vals = [float(v.detach()) for v in (loss, lo.loc, lo.conf, lo.landm)]
-            sums[:4] += torch.tensor(vals, dtype=torch.float64) * b
-            sums[4] += b
-            if cfg.progress and main:
-                bar.set_postfix(loss=f"{float(sums[0] / sums[4]):.4f}", lr=f"{lr:.2e}")
-        sums = all_reduce_sum(sums, dev)
-        seconds = time.perf_counter() - t0
+
+    def check(self, ck: Mapping[str, Any], path: Path) -> None:
+        """A checkpoint of another network or image size is not resumed."""
+        network, image_size = self.cfg.network, self.cfg.train.image_size
+        if ck.get("network") != network:
+            raise ValueError(f"{path} holds a {ck.get('network')!r} model, not {network!r}")
+        if int(ck.get("image_size", image_size)) != image_size:
+            raise ValueError(
+                f"{path} was trained at image_size {ck.get('image_size')}, "
+                f"not {image_size}; use another checkpoint_dir or resume=False"
+            )
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.cfg.train.set_epoch(epoch)  # the augmentation is drawn per (seed, epoch)
+        self.sums = torch.zeros(6, dtype=torch.float64)
+        self.lr = self.cfg.lr
+        self.iteration = epoch * self.steps
+
+    def step(self, batch: tuple[torch.Tensor, list[torch.Tensor]], epoch: int) -> None:
+        cfg = self.cfg
+        self.lr = learning_rate(self.iteration, cfg.lr, self.milestone_its, cfg.gamma,
+                                self.warmup_its)  # fmt: skip
+        self.set_lr(self.lr)
+        x, targets = batch
+        x = x.to(self.dev, non_blocking=True)
+        with self.amp.autocast():
+            out = self.net(x)
+        lo = self.crit(out, self.priors, targets)
+        loss = lo.total(cfg.loc_weight)
+        if not self.optimise(loss, f"at iteration {self.iteration}"):
+            self.sums[5] += 1
+        self.iteration += 1
+        b = x.shape[0]
+        vals = [float(v.detach()) for v in (loss, lo.loc, lo.conf, lo.landm)]
+        self.sums[:4] += torch.tensor(vals, dtype=torch.float64) * b
+        self.sums[4] += b
+
+    def postfix(self) -> dict[str, str]:
+        return {"loss": f"{float(self.sums[0] / self.sums[4]):.4f}", "lr": f"{self.lr:.2e}"}
+
+    def end_epoch(self, epoch: int, t0: float) -> dict[str, Any]:
+        cfg = self.cfg
+        sums = all_reduce_sum(self.sums, self.dev)
+        seconds = time.perf_counter() - t0  # training only: validation is not counted
         n = max(float(sums[4]), 1.0)
         row: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -338,37 +281,30 @@ def _train_process(cfg: _Config, rank: int, world_size: int) -> tuple[RetinaFace
             "loss_loc": float(sums[1]) / n,
             "loss_conf": float(sums[2]) / n,
             "loss_landm": float(sums[3]) / n,
-            "lr": lr,
+            "lr": self.lr,
             "images": int(sums[4]),
             "skipped_steps": int(sums[5]),
             "seconds": seconds,
             "images_per_s": float(sums[4]) / seconds if seconds > 0 else math.nan,
         }
-        if cfg.val is not None and main:
+        # not self.validating: an empty val set reports zero losses here, as it always has
+        if self.main and cfg.val is not None:
             ev = evaluate_loss(
-                model, cfg.val, per_rank, dev, amp.enabled, cfg.loc_weight, cfg.threshold,
-                cfg.neg_pos_ratio, cfg.num_workers,
+                self.model, cfg.val, self.per_rank, self.dev, self.amp.enabled, cfg.loc_weight,
+                cfg.threshold, cfg.neg_pos_ratio, cfg.num_workers,
             )  # fmt: skip
             row.update({f"val_{k}": v for k, v in ev.items()})
-        rows.append(plain(row))
-        if main:
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, row)
-        state = {
-            "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scaler": amp.state_dict(),
-            "epoch": epoch + 1,
-            "iteration": (epoch + 1) * epoch_size,
-            "network": cfg.network,
-            "image_size": ds.image_size,
-            "metrics": rows,
-            "config": config,
+        return row
+
+    def checkpoint_fields(self, epoch: int) -> dict[str, Any]:
+        return {
+            "iteration": epoch * self.steps,
+            "network": self.cfg.network,
+            "image_size": self.cfg.train.image_size,
         }
-        ckpts.save(state, epoch + 1)
-        barrier()
-    ckpts.write(f"{cfg.network}_Final.pth", dict(model.state_dict()))
-    model.eval()
-    return model, pd.DataFrame(rows)
+
+    def finish(self) -> None:
+        self.ckpts.write(f"{self.cfg.network}_Final.pth", dict(self.model.state_dict()))
 
 
 __all__ = ["evaluate_loss", "train"]
