@@ -2,7 +2,7 @@
 
 >>> import faceetl
 >>> faces = faceetl.extract_faces(faceetl.read_images("photos/**/*.jpg"), backend="retinaface")
->>> faces.to_parquet("faces.parquet")
+>>> faceetl.write_faces(faces, "faces")   # computed once, one part per partition
 """
 
 from .align import AlignSpec, align_face, arcface_template, dlib_template
@@ -22,6 +22,7 @@ from .pipeline.extract import compute, extract_faces, read_images
 from .pipeline.lock import ConcurrentRunError
 from .pipeline.manifest import SettingsError
 from .pipeline.predict import predict
+from .pipeline.write import write_faces
 from .predictors.base import list_predictors, register_predictor
 from .schema import SCHEMA, boxes_array, landmarks_array, read_faces
 from .weights import WeightsError, fetch, register_weights
@@ -79,6 +80,7 @@ __all__ = [
     "predict",
     "read_fairface",
     "read_faces",
+    "write_faces",
     "read_images",
     "register_backend",
     "register_predictor",

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -35,6 +36,32 @@ def require(module: str, extra: str, what: str) -> ModuleType:
         raise MissingExtraError(
             f"{what} needs {top!r}, which is not installed: pip install 'faceetl[{extra}]'"
         ) from exc
+
+
+#: what a feature needs: (module, the extra that installs it, the feature in words)
+Need = tuple[str, str, str]
+
+#: the export extra's modules, for faceetl.export and runtime="onnx"
+EXPORT = ("onnx", "onnxscript", "onnxruntime")
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that knows it cannot be had
+        return False
+
+
+def check(needs: Iterable[Need]) -> None:
+    """:class:`MissingExtraError` for the first of ``needs`` that is not installed: the one
+    check made where a feature is asked for (a backend, predictor, runtime or export), on the
+    driver, before any worker starts."""
+    for module, extra, what in needs:
+        if not installed(module):
+            raise MissingExtraError(
+                f"{what} needs {module!r}, which is not installed: pip install 'faceetl[{extra}]'"
+            )
 
 
 def quiet_import(module: str) -> ModuleType:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from typing import Any
 
 import pandas as pd
@@ -13,7 +14,7 @@ import pandas as pd
 from . import schema, storage
 from .align import AlignSpec
 from .backends.base import REGISTRY, backend_spec
-from .backends.params import effective_params
+from .backends.params import canonical_params, effective_params
 from .images import crop_extension, parse_crop_format
 from .pipeline.cluster import cluster, in_worker_process
 from .pipeline.crops import check_writable
@@ -74,6 +75,9 @@ class Pife:
         **backend_params: Any,
     ) -> None:
         REGISTRY.check(backend, backend_params)  # an unknown backend or parameter fails here
+        # an old parameter name warned just now, at the user's line; from here on the new ones
+        backend_params = canonical_params(REGISTRY.spec(backend).factory, backend_params,
+                                          warn=False)  # fmt: skip
         self.backend = backend
         self._asked = concurrency  # None: the worker map's default, capped by cluster()
         self.concurrency = concurrency or backend_spec(backend).workers
@@ -113,6 +117,9 @@ class Pife:
             pass
         if self._client is None:
             self._client = cluster(self.backend, self._asked)
+            # closed when this object goes, or at the latest when the script ends, before
+            # distributed's own exit handlers (which would kill the workers with a warning)
+            weakref.finalize(self, _close_quietly, self._client)
 
     def settings(self) -> dict[str, Any]:
         """What the output's rows depend on: stored with the dataset, compared on every run
@@ -177,11 +184,15 @@ class Pife:
                 out, self.settings(), common_root(todo["path"]), effective_settings
             )
             done = committed_paths(out, set(todo["path"]))
-            todo = todo[~todo["path"].isin(done)].reset_index(drop=True)
+            already = todo["path"].isin(done)
+            todo = todo[~already].reset_index(drop=True)
             if len(todo):
                 self._run(todo, out, lock.run, record)
             else:
-                log.info("nothing to do: every path is already in %s", out.dataset)
+                said = f"nothing to do: {int(already.sum())} images already done in {out.dataset}"
+                log.info(said)
+                if self.progress:
+                    print(f"faceetl: {said}")
         return read_faces(out.dataset, storage_options=storage_options, lazy=True)
 
     def _run(self, todo: pd.DataFrame, out: Output, run: str, record: dict[str, Any]) -> None:
@@ -209,6 +220,14 @@ class Pife:
             record_weights(out, record, json.loads(prov or "{}").get("backend", {}).get("weights"))
         if self.progress:
             print(f"faceetl: {summary(done, seconds)} -> {out.url} (dataset {out.dataset})")
+
+
+def _close_quietly(client: Any) -> None:
+    """Close a client (and the cluster it owns); one already closed is fine."""
+    try:
+        client.close()
+    except Exception as e:  # at interpreter exit some of distributed may be gone already
+        log.debug("closing the cluster at exit: %s", e)
 
 
 def effective_settings(settings: dict[str, Any]) -> dict[str, Any]:

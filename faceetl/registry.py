@@ -20,6 +20,22 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called here (stacklevel 1) that points at the
+    first caller outside faceetl: the user's own line, however deep inside faceetl the warning
+    is made (Python 3.12's ``skip_file_prefixes``, for 3.10 and 3.11 too)."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package + os.sep
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class Spec(Protocol):
     name: str
     factory: Any  # a class; ``factory.thread_safe = True`` shares one instance between threads
@@ -109,12 +125,16 @@ class Registry(Generic[S]):
         any cluster starts. Entries whose constructor takes ``**kwargs`` accept anything.
         """
         factory = self.spec(name).factory
+        translate = getattr(getattr(factory, "__init__", None), "translate_params", None)
+        if callable(translate):  # old parameter names: said here, at the user's line
+            translate(params)
         try:
             sig = inspect.signature(factory)
         except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
             return
         kinds = sig.parameters.values()
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in kinds):
+            self.check_installed(name, params)
             return
         named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         valid = {p.name for p in kinds if p.kind in named}
@@ -126,6 +146,17 @@ class Registry(Generic[S]):
                 f"{self.kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
                 f"its parameters are: {listed}"
             )
+        self.check_installed(name, params)
+
+    def check_installed(self, name: str, params: dict[str, Any]) -> None:
+        """MissingExtraError, naming the extra, when what ``name`` needs with ``params`` is not
+        installed: the entry's class says so in ``needs(params)`` (a list of (module, extra,
+        what)), checked without importing anything."""
+        needs = getattr(self.spec(name).factory, "needs", None)
+        if callable(needs):
+            from .extras import check
+
+            check(needs(dict(params)))
 
     def get(self, name: str, **params: Any) -> Any:
         """The instance for ``name`` and ``params``: built once per process (thread-safe entries)

@@ -131,8 +131,9 @@ def read_faces(
     storage_options: dict[str, Any] | None = None,
     lazy: bool | None = None,
 ) -> Any:
-    """Read a faces parquet file or dataset folder (``faces.to_parquet`` or a run's
-    ``faces.parquet/``), local or any fsspec URL, with faceetl's column dtypes.
+    """Read a faces parquet file or dataset folder (:func:`faceetl.write_faces`, a run's
+    ``faces.parquet/`` or the run's output folder holding it), local or any fsspec URL, with
+    faceetl's column dtypes.
 
     ``lazy=None`` gives a pandas frame, or a Dask frame (one partition per part file) when the
     data on disk exceed ``LAZY_BYTES``; ``lazy=True``/``False`` chooses. Plain
@@ -146,6 +147,9 @@ def read_faces(
     url = str(path)
     fs, inner = storage.filesystem(url, storage_options)
     fs.invalidate_cache(inner)
+    dataset = f"{inner.rstrip('/')}/faces.parquet"
+    if fs.isdir(inner) and fs.isdir(dataset):  # a Pife output folder: its dataset, not crops
+        url, inner = storage.join(url, "faces.parquet"), dataset
     if fs.isdir(inner):
         files = [
             f

@@ -6,7 +6,7 @@ the image alone (boxes inside the image, scores in [score_threshold, 1] best fir
 points finite or NaN: :func:`helpers.assert_valid_detections`); records JSON provenance with
 ``backend``, ``weights`` (sha256) and ``device``; keeps exactly the faces scoring above its
 ``score_threshold``. The parameter names replaced by the shared vocabulary still work for one
-release, with a DeprecationWarning. And a new backend is one file plus its registration: one
+release, with a FutureWarning. And a new backend is one file plus its registration: one
 written here runs through ``faceetl.extract_faces`` and this contract.
 """
 
@@ -218,7 +218,7 @@ def test_old_name_warns_and_behaves_the_same(
     factory = backend_spec(name).factory
     (old_name,) = old
     new_names = " and ".join(f"'{n}'" for n in new)
-    with pytest.warns(DeprecationWarning, match=f"'{old_name}' is deprecated.*use {new_names}"):
+    with pytest.warns(FutureWarning, match=f"'{old_name}' is deprecated.*use {new_names}"):
         before = factory(**old)
     after = factory(**new)
     assert before.provenance() == after.provenance()
@@ -237,7 +237,7 @@ def test_evaluation_params() -> None:
     assert evaluation_params("dlib") == {}
     want = {"score_threshold": 0.3, "max_side": None}
     assert evaluation_params("retinaface", score_threshold=0.3) == want
-    with pytest.warns(DeprecationWarning, match="use 'score_threshold'"):
+    with pytest.warns(FutureWarning, match="use 'score_threshold'"):
         assert evaluation_params("retinaface", conf_threshold=0.3) == want
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         evaluation_params("nope")
@@ -341,3 +341,29 @@ def test_extreme_aspect_ratio_is_a_no_face_row(tmp_path: Path) -> None:
     for name in ("opencv", "mediapipe"):
         df = faceetl.extract_faces([str(path)], backend=name).compute(scheduler="sync")
         assert df["status"].tolist() == ["no_face"], name
+
+
+def test_an_old_name_warns_once_at_the_users_line() -> None:
+    """The FutureWarning (shown by default) points at the line the user wrote, once, whatever
+    runs after: the workers get the new name."""
+    import warnings
+
+    import dask
+
+    import faceetl
+    from helpers import IMAGES
+
+    photo = str(IMAGES / "single" / "fr_obama_small.jpg")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        faces = faceetl.extract_faces([photo], backend="retinaface", conf_threshold=0.5)
+        pife_line = sys._getframe().f_lineno + 1
+        pife = faceetl.Pife("retinaface", 1, conf_threshold=0.5)
+        with dask.config.set(scheduler="threads"):
+            faces.compute()
+    ours = [w for w in seen
+            if issubclass(w.category, FutureWarning) and "conf_threshold" in str(w.message)]
+    assert [(w.filename, w.lineno) for w in ours] == [(__file__, line), (__file__, pife_line)]
+    assert "use 'score_threshold'" in str(ours[0].message)
+    assert pife.backend_params == {"score_threshold": 0.5}

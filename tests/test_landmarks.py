@@ -104,10 +104,10 @@ def test_methods_and_the_old_eyes_parameter():
         ONetLandmarks(box_scale=0)
     # eyes= is the old name: eyes=False is boxes only, eyes=True the Haar eye search it meant
     for backend in ("ssd", "opencv"):
-        with pytest.warns(DeprecationWarning, match="'eyes' is deprecated.*'landmarks'"):
+        with pytest.warns(FutureWarning, match="'eyes' is deprecated.*'landmarks'"):
             off = get_backend(backend, eyes=False)
         assert off.provenance()["landmarks"] is None
-        with pytest.warns(DeprecationWarning):
+        with pytest.warns(FutureWarning):
             assert get_backend(backend, eyes=True).provenance()["landmarks"] == "haar"
         with pytest.raises(TypeError, match="both 'eyes' and 'landmarks'"):
             get_backend(backend, eyes=True, landmarks="onet")

@@ -92,6 +92,7 @@ def test_guardless_script_runs_once(photo_tree, tmp_path):
     assert "ROWS 9 8" in r.stdout  # 8 face rows + 1 row for the broken file
     assert "dashboard" in r.stdout
     assert (out / "faces.parquet").exists()
+    assert "still alive" not in r.stderr  # the cluster Pife started is closed at exit
 
 
 @pytest.mark.slow
@@ -270,3 +271,18 @@ def test_predictor_registered_outside_faceetl_runs_on_workers(photo_tree):
     for crop, value in zip(ok["crop"], ok["brightness_test_mean"], strict=True):
         assert value == faceetl.decode_png(bytes(crop)).mean()
     assert df.loc[df["status"] != "ok", "brightness_test_mean"].isna().all()
+
+
+def test_a_run_with_nothing_to_do_says_so(tmp_path, capsys):
+    import dask
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted((IMAGES / "single").glob("*.jpg"))[:2]:
+        shutil.copy(p, src / p.name)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        Pife("opencv", 1, progress=False).extract(str(src), tmp_path / "out")
+        capsys.readouterr()
+        Pife("opencv", 1).extract(str(src), tmp_path / "out")
+    said = capsys.readouterr().out
+    assert f"faceetl: nothing to do: 2 images already done in {tmp_path / 'out'}" in said

@@ -233,3 +233,25 @@ def test_launch_spawns_gloo_processes() -> None:
     rank, world, total, ddp = common.launch(_rank_sum, 2, device="cpu")
     assert (rank, world, total, ddp) == (0, 2, 3.0, True)
     assert not common.distributed()  # the parent never joined a process group
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path):
+    """Training progress written to a file (no terminal): lines, never a carriage return."""
+    import subprocess
+    import sys
+
+    script = (
+        "import faceetl.train.common as c, faceetl.pipeline.progress as p\n"
+        "p.LOG_EVERY = 0.0\n"
+        "for _ in c.progress(range(3), True, 'epoch 1/1'): pass\n"
+    )
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-c", script], stderr=f, check=True, timeout=120)
+    text = log.read_text()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) == 4, lines
+    for i in range(3):
+        assert lines[i].startswith(f"epoch 1/1: batch {i + 1}/3, "), lines[i]
+    assert lines[3].startswith("epoch 1/1: 3/3 batch done in "), lines[3]

@@ -134,6 +134,11 @@ def test_read_retinaface_labels(tmp_path: Path) -> None:
     for (pa, ta), (pb, tb) in zip(same.items, ds.items, strict=True):
         assert pa == pb
         np.testing.assert_array_equal(ta, tb)
+    # a wrongly laid out folder: the error names the file it looked for
+    from faceetl.images import ImageError
+
+    with pytest.raises(ImageError, match=f"{tmp_path / 'images' / anns[0].path}: file not found"):
+        ds.load(0)
 
 
 def test_dlib_xml_to_label_txt(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..align import five_from_68, five_from_dlib5
-from ..extras import locate, require
+from ..extras import Need, locate, require
 from ..nets import external as _releases  # noqa: F401 (registers the model files)
 from ..weights import (
     cached_sha256,
@@ -73,6 +73,12 @@ class DlibDetector(BaseDetector):
     """
 
     name = "dlib"
+
+    @staticmethod
+    def needs(params: dict[str, Any]) -> list[Need]:
+        """What the backend needs installed (checked where it is asked for)."""
+        return [("dlib", "dlib", "the dlib backend"),
+                ("face_recognition_models", "dlib", "the dlib backend (its landmark models)")]  # fmt: skip
 
     @renamed(threshold=_score_of_raw)
     def __init__(

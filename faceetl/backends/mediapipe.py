@@ -79,7 +79,7 @@ import numpy as np
 
 from ..align import square_crop
 from ..boxes import box_iou
-from ..extras import require
+from ..extras import Need, require
 from ..nets import external as _releases  # noqa: F401 (registers the model files)
 from ..weights import fetch, weights_info
 from .base import BaseDetector, Detections, register_backend
@@ -303,6 +303,11 @@ class MediaPipeDetector(BaseDetector):
     """
 
     name = "mediapipe"
+
+    @staticmethod
+    def needs(params: dict[str, Any]) -> list[Need]:
+        """What the backend needs installed (checked where it is asked for)."""
+        return [("ai_edge_litert", "mediapipe", "the mediapipe backend")]
 
     @renamed(min_detection_confidence="score_threshold", min_suppression_threshold="nms_threshold")
     def __init__(

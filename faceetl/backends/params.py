@@ -12,7 +12,7 @@ Every built-in backend that has one of these settings calls it by the same name:
 * ``weights``: a local weight file used instead of the registered release.
 
 The names used before stay accepted for one release: :func:`renamed` translates them with a
-:class:`DeprecationWarning` that names the new name; passing an old name together with its new
+:class:`FutureWarning` (shown by default, at the user's line) that names the new name; passing an old name together with its new
 one is a :class:`TypeError`.
 """
 
@@ -23,6 +23,8 @@ import os
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+
+from ..registry import user_stacklevel
 
 #: the shared names and what they mean (see the module docstring)
 VOCABULARY: dict[str, str] = {
@@ -40,11 +42,15 @@ Rename = str | Callable[[Any], dict[str, Any]]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def translate(owner: str, renames: Mapping[str, Rename], params: Mapping[str, Any]) -> dict:
+def translate(
+    owner: str, renames: Mapping[str, Rename], params: Mapping[str, Any], warn: bool = True
+) -> dict:
     """``params`` with each deprecated name in ``renames`` replaced by its new parameters.
 
-    Warns once per old name used; an old name given together with one of its new names is a
-    TypeError (``owner`` names the class in both messages).
+    Warns (a FutureWarning, shown by default, pointing at the user's own line) once per old
+    name used, unless ``warn`` is False (the call that used them warned already); an old name
+    given together with one of its new names is a TypeError (``owner`` names the class in both
+    messages).
     """
     out = dict(params)
     for old, rename in renames.items():
@@ -58,13 +64,14 @@ def translate(owner: str, renames: Mapping[str, Rename], params: Mapping[str, An
                 f"{owner}() got both {old!r} and {both[0]!r}; {old!r} is the deprecated name "
                 f"of {both[0]!r}: pass only {both[0]!r}"
             )
-        names = " and ".join(repr(n) for n in new)
-        warnings.warn(
-            f"{owner}: the parameter {old!r} is deprecated and will be removed in the next "
-            f"release; use {names} instead",
-            DeprecationWarning,
-            stacklevel=3,
-        )
+        if warn:
+            names = " and ".join(repr(n) for n in new)
+            warnings.warn(
+                f"{owner}: the parameter {old!r} is deprecated and will be removed in the next "
+                f"release; use {names} instead",
+                FutureWarning,
+                stacklevel=user_stacklevel(),
+            )
         out.update(new)
     return out
 
@@ -83,17 +90,25 @@ def renamed(**renames: Rename) -> Callable[[F], F]:
             return init(self, *args, **translate(type(self).__name__, renames, params))
 
         init_accepting_old_names.renamed = dict(renames)  # type: ignore[attr-defined]
+        # what the registry's check calls on the driver: the warning (or the TypeError for an
+        # old name given with its new one) where the user wrote the call
+        init_accepting_old_names.translate_params = functools.partial(  # type: ignore[attr-defined]
+            translate, init.__qualname__.split(".")[0], dict(renames)
+        )
         return init_accepting_old_names  # type: ignore[return-value]
 
     return wrap
 
 
-def canonical_params(factory: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` of ``factory`` (a backend class) with deprecated names translated (warning)."""
+def canonical_params(
+    factory: Callable[..., Any], params: Mapping[str, Any], warn: bool = True
+) -> dict[str, Any]:
+    """``params`` of ``factory`` (a backend class) with deprecated names translated (with a
+    warning at the user's line unless ``warn`` is False)."""
     renames = getattr(getattr(factory, "__init__", None), "renamed", None)
     if not renames:
         return dict(params)
-    return translate(getattr(factory, "__name__", str(factory)), renames, params)
+    return translate(getattr(factory, "__name__", str(factory)), renames, params, warn)
 
 
 def effective_params(factory: Callable[..., Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,9 +120,7 @@ def effective_params(factory: Callable[..., Any], params: Mapping[str, Any]) -> 
     import inspect
     import json
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        out = canonical_params(factory, params)
+    out = canonical_params(factory, params, warn=False)
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin or C callable: no defaults to fill in

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..boxes import box_iou
+from ..extras import EXPORT, Need
 from ..nets.nms import batched_nms
 from ..nets.retinaface import CONFIGS, MEAN_BGR, RetinaFace, load_weights, network_name
 from ..nets.retinaface_priors import (
@@ -247,6 +248,13 @@ class RetinaFaceDetector(BaseDetector):
     # one instance per process is shared by threads: torch inference is thread-safe, the padding
     # masks hold their own lock, onnxruntime sessions may be run from several threads
     thread_safe = True
+
+    @staticmethod
+    def needs(params: dict[str, Any]) -> list[Need]:
+        """What ``params`` need installed: the export extra for ``runtime="onnx"``."""
+        if params.get("runtime") != "onnx":
+            return []
+        return [(m, "export", "the retinaface backend's runtime='onnx'") for m in EXPORT]
 
     @renamed(conf_threshold="score_threshold", max_size="max_side")
     def __init__(

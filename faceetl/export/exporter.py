@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import extras
+from ..extras import EXPORT
 from ..onnx_graph import (
     DEFAULT_OPSET,
     TOLERANCE,
@@ -50,6 +52,10 @@ def onnx(
     image) and :class:`ExportError` is raised where an output's max error relative to its largest
     magnitude reaches ``tolerance``; the errors go into the file's metadata.
     """
+    needs = [m for m in EXPORT if dynamo or m != "onnxscript"]
+    if not check:
+        needs = [m for m in needs if m != "onnxruntime"]
+    extras.check((m, "export", "faceetl.export.onnx") for m in needs)
     graph = build(model_or_name, params)
     t0 = time.perf_counter()
     batches = None
@@ -75,6 +81,7 @@ def check_onnx(
     ``model_or_name`` defaults to what the file was exported from (its ``faceetl.source``
     metadata: a kind name or a checkpoint path, with the same parameters).
     """
+    extras.check((m, "export", "faceetl.export.check_onnx") for m in ("onnx", "onnxruntime"))
     graph = graph_for_file(path, model_or_name, params)
     imgs = check_rgb(images) if images is not None else synthetic_images()
     return check_file(path, graph.module, graph.outputs, graph.batches(imgs))

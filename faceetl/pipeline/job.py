@@ -13,6 +13,7 @@ from typing import Any
 from .. import config
 from ..align import AlignSpec
 from ..backends.base import REGISTRY
+from ..backends.params import canonical_params
 from ..images import crop_extension
 from ..predictors.base import REGISTRY as PREDICTORS
 
@@ -63,6 +64,8 @@ class Job:
         ``predict`` the predictors as :func:`faceetl.extract_faces` takes them."""
         params = dict(backend_params or {})
         REGISTRY.check(backend, params)  # unknown names fail here, not on the workers
+        # old names warned at the user's line just now: the workers get the new ones
+        params = canonical_params(REGISTRY.spec(backend).factory, params, warn=False)
         crop_extension(options.get("crop_format", "png"))  # an unknown format fails here
         for key in ("crop_dir", "crop_root"):
             if options.get(key) is not None:

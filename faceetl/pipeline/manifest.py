@@ -330,7 +330,7 @@ def committed_paths(out: Output, wanted: set[str]) -> set[str]:
         if pc.any(retry).as_py():
             rest = pq.read_table(io.BytesIO(data)).filter(pc.invert(retry))
             if rest.num_rows:
-                out.write(f"{MANIFEST}/{name}", _parquet_bytes(rest))
+                out.write(f"{MANIFEST}/{name}", parquet_bytes(rest))
             else:
                 out.remove([f"{MANIFEST}/{name}"])
     return done
@@ -354,7 +354,7 @@ def _part_bytes(out: Output, names: list[str], chunk: int = 256) -> Iterable[tup
                 yield name, got[path]
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
@@ -434,6 +434,6 @@ def commit_partition(
     note = make_note(out, name, [str(p) for p in part["path"]], job.crop_root)
     out.write(f"{INFLIGHT}/{name}.json", json.dumps(note).encode())
     faces = extract_partition(part, job)
-    out.write(f"{MANIFEST}/{name}", _parquet_bytes(arrow_table(faces, commit.target)))
+    out.write(f"{MANIFEST}/{name}", parquet_bytes(arrow_table(faces, commit.target)))
     out.remove([f"{INFLIGHT}/{name}.json"])
     return counts(faces)

@@ -44,6 +44,7 @@ import pyarrow as pa
 
 from ..align import AlignSpec
 from ..compare import l2_normalize
+from ..extras import Need
 from ..weights import cached_sha256, packaged_model, resolve
 from .base import check_crops, default_device, register_predictor
 
@@ -95,6 +96,14 @@ class EmbeddingPredictor:
     def align_for(cls, network: str = "dlib") -> AlignSpec:
         """The crop geometry ``network`` wants."""
         return NETWORKS[_check_network(network)]["align"]
+
+    @staticmethod
+    def needs(params: dict[str, Any]) -> list[Need]:
+        """What ``params`` need installed: dlib and its models for the dlib network."""
+        if params.get("network", "dlib") != "dlib":
+            return []
+        return [("dlib", "dlib", "the embedding predictor's dlib network"),
+                ("face_recognition_models", "dlib", "the dlib network's model file")]  # fmt: skip
 
     def __init__(
         self,

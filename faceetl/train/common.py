@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -55,12 +56,38 @@ def plain(v: Any) -> Any:
 
 
 def progress(it: Any, enabled: bool, desc: str, unit: str = "batch") -> Any:
-    """``it`` wrapped in a tqdm bar (notebook-aware) when ``enabled``."""
+    """``it`` wrapped in a tqdm bar (notebook-aware) when ``enabled`` on a terminal or in a
+    notebook; in a log file (no terminal) a plain line every ``LOG_EVERY`` seconds and one at
+    the end, never a bare carriage return."""
     if not enabled:
         return it
-    from ..pipeline.progress import tqdm
+    from ..pipeline.progress import _in_kernel, tqdm
 
-    return tqdm(it, desc=desc, unit=unit, leave=True)
+    if _in_kernel() or sys.stderr.isatty():
+        return tqdm(it, desc=desc, unit=unit, leave=True)
+    return _logged(it, desc, unit)
+
+
+def _logged(it: Any, desc: str, unit: str) -> Any:
+    """``it``, with a progress line on stderr now and then (see :func:`progress`)."""
+    import time
+
+    from ..pipeline.progress import LOG_EVERY
+
+    total = len(it) if hasattr(it, "__len__") else None
+    start = last = time.perf_counter()
+    n = 0
+    of = f"/{total}" if total is not None else ""
+    for item in it:
+        yield item
+        n += 1
+        now = time.perf_counter()
+        if now - last >= LOG_EVERY:
+            last = now
+            print(f"{desc}: {unit} {n}{of}, {n / (now - start):.2f}/s", file=sys.stderr,
+                  flush=True)  # fmt: skip
+    print(f"{desc}: {n}{of} {unit} done in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 # --- devices and mixed precision ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from ...datasets.annotation import ImageAnnotation
 from ...datasets.formats import read_annotations
 from ...datasets.wider import default_image_root
-from ...images import load_image
+from ...images import ImageError, load_image
 from ...nets.retinaface import MEAN_BGR
 from .augmentation import augment, preprocess
 
@@ -109,7 +109,12 @@ class RetinaFaceDataset(Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The BGR uint8 image and its targets (N, 15) in pixels."""
-        rgb = load_image(self.image_path(index))
+        path = self.image_path(index)
+        try:
+            rgb = load_image(path)
+        except ImageError as e:  # the data set's own error: say which file, and where it looked
+            raise ImageError(f"{path}: {e} (image {index} of the annotations; image_root "
+                             f"{self.image_root})") from None  # fmt: skip
         return np.ascontiguousarray(rgb[:, :, ::-1]), self.items[index][1].copy()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
