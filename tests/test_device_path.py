@@ -74,7 +74,7 @@ def test_tensor_path_jpeg_crops_and_files(tmp_path, faceetl_home):
 
 @pytest.mark.slow
 def test_a_failing_device_decode_falls_back_to_the_host(monkeypatch, tmp_path, faceetl_home):
-    import faceetl.pipeline.extract as ex
+    import faceetl.pipeline.device as ex
 
     def device_fails(*args, **kwargs):  # fault injection: the device decoder itself errors
         raise RuntimeError("CUDA error: out of memory")
