@@ -243,7 +243,8 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path):
     script = (
         "import faceetl.train.common as c, faceetl.pipeline.progress as p\n"
         "p.LOG_EVERY = 0.0\n"
-        "for _ in c.progress(range(3), True, 'epoch 1/1'): pass\n"
+        "bar = c.progress(range(3), True, 'epoch 1/1')\n"
+        "for _ in bar: bar.set_postfix(loss=0.5)\n"
     )
     log = tmp_path / "train.log"
     with open(log, "w") as f:
@@ -254,4 +255,5 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path):
     assert len(lines) == 4, lines
     for i in range(3):
         assert lines[i].startswith(f"epoch 1/1: batch {i + 1}/3, "), lines[i]
+        assert lines[i].endswith("/s (loss=0.5)"), lines[i]  # tqdm's postfix, as text
     assert lines[3].startswith("epoch 1/1: 3/3 batch done in "), lines[3]

@@ -65,29 +65,43 @@ def progress(it: Any, enabled: bool, desc: str, unit: str = "batch") -> Any:
 
     if _in_kernel() or sys.stderr.isatty():
         return tqdm(it, desc=desc, unit=unit, leave=True)
-    return _logged(it, desc, unit)
+    return _LogLines(it, desc, unit)
 
 
-def _logged(it: Any, desc: str, unit: str) -> Any:
-    """``it``, with a progress line on stderr now and then (see :func:`progress`)."""
-    import time
+class _LogLines:
+    """``it``, with a progress line on stderr now and then (see :func:`progress`); takes
+    tqdm's ``set_postfix`` (its values end the next line)."""
 
-    from ..pipeline.progress import LOG_EVERY
+    def __init__(self, it: Any, desc: str, unit: str) -> None:
+        self.it, self.desc, self.unit = it, desc, unit
+        self.total = len(it) if hasattr(it, "__len__") else None
+        self.postfix = ""
 
-    total = len(it) if hasattr(it, "__len__") else None
-    start = last = time.perf_counter()
-    n = 0
-    of = f"/{total}" if total is not None else ""
-    for item in it:
-        yield item
-        n += 1
-        now = time.perf_counter()
-        if now - last >= LOG_EVERY:
-            last = now
-            print(f"{desc}: {unit} {n}{of}, {n / (now - start):.2f}/s", file=sys.stderr,
-                  flush=True)  # fmt: skip
-    print(f"{desc}: {n}{of} {unit} done in {time.perf_counter() - start:.1f} s",
-          file=sys.stderr, flush=True)  # fmt: skip
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+        )
+
+    def _line(self, text: str) -> None:
+        tail = f" ({self.postfix})" if self.postfix else ""
+        print(f"{self.desc}: {text}{tail}", file=sys.stderr, flush=True)
+
+    def __iter__(self) -> Any:
+        import time
+
+        from ..pipeline.progress import LOG_EVERY
+
+        start = last = time.perf_counter()
+        n = 0
+        of = f"/{self.total}" if self.total is not None else ""
+        for item in self.it:
+            yield item
+            n += 1
+            now = time.perf_counter()
+            if now - last >= LOG_EVERY:
+                last = now
+                self._line(f"{self.unit} {n}{of}, {n / (now - start):.2f}/s")
+        self._line(f"{n}{of} {self.unit} done in {time.perf_counter() - start:.1f} s")
 
 
 # --- devices and mixed precision ----------------------------------------------------------------
