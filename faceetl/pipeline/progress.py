@@ -172,9 +172,10 @@ def compute_frame(
     try:
         client = _client(collection)
         if client is not None:
-            from distributed import as_completed
+            from distributed import as_completed, span
 
-            futures = client.compute(parts)
+            with span("faceetl", _run_name(collection)):  # one span a run, on the dashboard
+                futures = client.compute(parts)
             index = {f.key: i for i, f in enumerate(futures)}
             results: list[Any] = [None] * len(futures)
             for fut in as_completed(futures):
@@ -189,6 +190,14 @@ def compute_frame(
     if progress and summarize:
         print(f"faceetl: {summary(frame, bar.elapsed)}", flush=True)
     return frame
+
+
+def _run_name(collection: Any) -> str:
+    """The span of a run: what computes it (``extract_partition``, ``commit_partition``, ...)
+    and its images."""
+    name = str(getattr(collection, "_name", "faceetl")).rsplit("-", 1)[0]
+    n = images_planned(collection)
+    return f"{name} ({n} images)" if n is not None else name
 
 
 def _client(collection: Any) -> Any:

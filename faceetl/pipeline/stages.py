@@ -88,13 +88,17 @@ _STAGES_LOCK = threading.Lock()
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
     """Time spent in a pipeline stage, summed over this process's threads (see
-    :func:`stage_seconds`), and a named range ``faceetl.<name>`` for torch's profiler where
-    torch is loaded (free when no profiler runs)."""
+    :func:`stage_seconds`); a named range ``faceetl.<name>`` for torch's profiler where torch
+    is loaded (free when no profiler runs); and, on a distributed worker, the stage's time in
+    distributed's fine performance metrics (the dashboard's "Fine Performance Metrics" page
+    shows the partition tasks' time by stage; nothing is recorded outside a worker's task)."""
     torch = sys.modules.get("torch")
     rng = torch.profiler.record_function(f"faceetl.{name}") if torch else contextlib.nullcontext()
+    metrics = sys.modules.get("distributed.metrics")
+    meter = metrics.context_meter.meter(name) if metrics else contextlib.nullcontext()
     start = time.perf_counter()
     try:
-        with rng:
+        with rng, meter:
             yield
     finally:
         with _STAGES_LOCK:
