@@ -18,7 +18,7 @@ import contextlib
 import glob
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -239,6 +239,27 @@ PARAM_HELP = (
     "(0.6, null, true), else text."
 )
 STORAGE_HELP = "fsspec storage option for URLs (anon=true); repeat for more. VALUE as for --param."
+STORAGE_OPTION = click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", callback=_pairs,
+    help=STORAGE_HELP,
+)  # fmt: skip
+SCHEDULER_OPTION = click.option(
+    "--scheduler", metavar="ADDRESS",
+    help="Run on the Dask cluster of this scheduler (tcp://host:8786).",
+)  # fmt: skip
+
+
+def param_option(what: str) -> Callable[[Any], Any]:
+    """``--param KEY=VALUE`` (repeated) for ``what``'s constructor."""
+    return click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                        callback=_pairs, help=PARAM_HELP.format(what))  # fmt: skip
+
+
+def _one_cluster(scheduler: str | None, workers: int | None) -> None:
+    if scheduler and workers:
+        raise click.UsageError(
+            "--workers starts a local cluster; with --scheduler the cluster's own workers run"
+        )
 
 
 @main.command()
@@ -258,11 +279,7 @@ STORAGE_HELP = "fsspec storage option for URLs (anon=true); repeat for more. VAL
     show_default="the backend's entry in the worker map",
     help="Worker processes of the local cluster (not with --scheduler).",
 )
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    help="Run on the Dask cluster of this scheduler (tcp://host:8786).",
-)
+@SCHEDULER_OPTION
 @click.option(
     "--size",
     type=POSITIVE,
@@ -297,22 +314,8 @@ STORAGE_HELP = "fsspec storage option for URLs (anon=true); repeat for more. VAL
     show_default=True,
     help="Images per detector batch.",
 )
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="KEY=VALUE",
-    callback=_pairs,
-    help=PARAM_HELP.format("backend"),
-)
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    callback=_pairs,
-    help=STORAGE_HELP,
-)
+@param_option("backend")
+@STORAGE_OPTION
 @click.option(
     "--force",
     is_flag=True,
@@ -341,10 +344,7 @@ def extract(
     listing (.txt: a path a line; .csv or .parquet: a 'path' column, other columns carried);
     several SRC are joined. OUT: a folder or URL. A run again skips the images already done.
     """
-    if scheduler and workers:
-        raise click.UsageError(
-            "--workers starts a local cluster; with --scheduler the cluster's own workers run"
-        )
+    _one_cluster(scheduler, workers)
     with _errors():
         from .align import AlignSpec
         from .pife import Pife
@@ -376,19 +376,8 @@ def extract(
     metavar="NAME",
     help=f"The predictor: {', '.join(PREDICTORS.builtin)}, or a registered one.",
 )
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="KEY=VALUE",
-    callback=_pairs,
-    help=PARAM_HELP.format("model"),
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    help="Run on the Dask cluster of this scheduler (tcp://host:8786).",
-)
+@param_option("model")
+@SCHEDULER_OPTION
 @click.option(
     "--workers",
     type=POSITIVE,
@@ -403,14 +392,7 @@ def extract(
     show_default=True,
     help="Crops per model batch.",
 )
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    callback=_pairs,
-    help=STORAGE_HELP,
-)
+@STORAGE_OPTION
 def predict(
     faces: str,
     out: str,
@@ -426,10 +408,7 @@ def predict(
     FACES: a faces dataset (an extract's OUT/faces.parquet, or OUT itself) or parquet file.
     OUT: a new folder or URL (a dataset of parquet parts; faceetl.read_faces reads it).
     """
-    if scheduler and workers:
-        raise click.UsageError(
-            "--workers starts a local cluster; with --scheduler the cluster's own workers run"
-        )
+    _one_cluster(scheduler, workers)
     with _errors():
         from .predictors.base import REGISTRY
 
@@ -451,14 +430,12 @@ def predict(
 def faces_dataset(path: str, storage_options: dict[str, Any] | None = None) -> str:
     """``path``'s ``faces.parquet`` dataset when ``path`` is an extract's output folder, else
     ``path`` (a missing one is FileNotFoundError)."""
-    from . import storage
-    from .pipeline.manifest import MANIFEST
+    from . import schema, storage
 
     fs, inner = storage.filesystem(path, storage_options)
     if not fs.exists(inner):
         raise FileNotFoundError(f"no faces dataset at {path}")
-    inside = storage.join(path, MANIFEST)
-    return inside if fs.isdir(storage.filesystem(inside, storage_options)[1]) else path
+    return schema.faces_dataset(path, storage_options)
 
 
 def check_output(out: str, faces: str, storage_options: dict[str, Any] | None = None) -> None:

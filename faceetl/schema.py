@@ -125,6 +125,18 @@ def _arrow_types(t: pa.DataType) -> pd.ArrowDtype | None:
 LAZY_BYTES = 256 * 2**20
 
 
+def faces_dataset(path: str, storage_options: dict[str, Any] | None = None) -> str:
+    """``path``'s ``faces.parquet`` dataset when ``path`` is a run's output folder (its
+    crops are not the dataset), else ``path``."""
+    from . import storage
+
+    fs, inner = storage.filesystem(path, storage_options)
+    fs.invalidate_cache(inner)
+    if fs.isdir(inner) and fs.isdir(f"{inner.rstrip('/')}/faces.parquet"):
+        return storage.join(path, "faces.parquet")
+    return path
+
+
 def read_faces(
     path: str | Any,
     columns: list[str] | None = None,
@@ -144,12 +156,9 @@ def read_faces(
 
     from . import storage
 
-    url = str(path)
+    url = faces_dataset(str(path), storage_options)
     fs, inner = storage.filesystem(url, storage_options)
-    fs.invalidate_cache(inner)
-    dataset = f"{inner.rstrip('/')}/faces.parquet"
-    if fs.isdir(inner) and fs.isdir(dataset):  # a Pife output folder: its dataset, not crops
-        url, inner = storage.join(url, "faces.parquet"), dataset
+    fs.invalidate_cache(inner)  # other processes wrote here: no cached listing may answer
     if fs.isdir(inner):
         files = [
             f

@@ -148,3 +148,18 @@ def decoded_pairs(paths, decoded) -> list[tuple[Path, object, np.ndarray]]:
         assert not isinstance(g, Exception), (p, g)
         pairs.append((p, g, want))
     return pairs
+
+
+def stop_processes(procs: list) -> None:
+    """Terminate started processes (the last started first) and wait for each; kill a process
+    that does not end in 30 s."""
+    import subprocess
+
+    for p in procs[::-1]:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from faceetl import cli
-from helpers import IMAGES, ROOT
+from helpers import IMAGES, ROOT, stop_processes
 
 DASK = Path(sys.executable).with_name("dask")
 
@@ -197,13 +197,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory, faceetl_home: Path):
             client.wait_for_workers(1, timeout=120)
         yield address
     finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from faceetl import Pife, config, storage
-from helpers import IMAGES, SHARED
+from helpers import IMAGES, SHARED, stop_processes
 
 DASK = Path(sys.executable).with_name("dask")
 
@@ -61,13 +61,7 @@ def command_line_cluster(tmp_path):
         yield client
     finally:
         client.close()
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 @pytest.mark.slow
