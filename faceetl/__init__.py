@@ -37,6 +37,9 @@ _LAZY = {
     "train": "train",
     "eval": "eval",
     "show": "drawing",
+    "identities": "curate.identities",
+    "search": "curate.identities",
+    "FaceIndex": "curate.identities",
 }
 
 
@@ -53,6 +56,7 @@ def __getattr__(name: str):
 __all__ = [
     "SCHEMA",
     "FaceDataset",
+    "FaceIndex",
     "AlignSpec",
     "ConcurrentRunError",
     "SettingsError",
@@ -73,6 +77,7 @@ __all__ = [
     "extract_faces",
     "fetch",
     "get_backend",
+    "identities",
     "landmarks_array",
     "list_backends",
     "list_predictors",
@@ -84,6 +89,7 @@ __all__ = [
     "read_images",
     "register_backend",
     "register_predictor",
+    "search",
     "stratified_split",
     "train",
     "register_weights",

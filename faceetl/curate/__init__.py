@@ -1,0 +1,1 @@
+"""From faces to a training set: quality and pose, duplicates, identities and search."""
