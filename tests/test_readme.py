@@ -27,6 +27,7 @@ NEEDS = re.compile(r"\A# needs: (.*(?:\n# .*)*)")
 GIVEN = {
     "faceetl[dlib]": lambda: installed("dlib"),
     "faceetl[export]": lambda: installed("onnx") and installed("onnxruntime"),
+    "faceetl[curate]": lambda: installed("faiss"),
     "an S3 bucket (the README test runs this on moto's S3 server, faceetl[s3])": lambda: (
         installed("s3fs")
     ),
