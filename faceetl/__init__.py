@@ -37,6 +37,7 @@ _LAZY = {
     "train": "train",
     "eval": "eval",
     "show": "drawing",
+    "curate": "curate",
 }
 
 
@@ -68,6 +69,7 @@ __all__ = [
     "cluster",
     "compare",
     "compute",
+    "curate",
     "decode_png",
     "dlib_template",
     "extract_faces",
