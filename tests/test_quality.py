@@ -1,7 +1,8 @@
 """Quality and head-pose columns (the ``quality`` predictor) on real photos and real backends.
 
-Pose: a mirrored photo flips yaw and roll and keeps pitch; a photo turned 20 degrees turns roll
-by 20; five points agree with dlib's 68 within measured tolerances. Crop measures: a blurred copy
+Pose: a projected mean face gives its pose back with the documented signs; a mirrored photo flips
+yaw and roll and keeps pitch; a photo turned 20 degrees turns roll by 20; five points agree with
+dlib's 68 within measured tolerances. Crop measures: a blurred copy
 is less sharp, a darkened one darker. The columns made in the extraction pass equal those added
 to an existing output by ``faceetl.predict``, under the sync and the threaded scheduler.
 """
@@ -77,6 +78,39 @@ def test_mirrored_photo_flips_yaw_and_roll(tmp_path: Path) -> None:
             assert np.sign(fa.yaw) == -np.sign(fb.yaw)
             turned += 1
     assert turned >= 1  # a face turned well away from the camera (yaw ~26): the sign matters
+    # the man on the photo's left turns toward the image's right (looked at): yaw > 0
+    assert a.sort_values("x1")["yaw"].iloc[0] > 20
+
+
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """``Rz(roll) @ Ry(-yaw) @ Rx(-pitch)`` (degrees): the documented convention."""
+    y, p, r = np.radians([-yaw, -pitch, roll])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    return rz @ ry @ rx
+
+
+@pytest.mark.parametrize("pose", [(20, 0, 0), (0, 15, 0), (0, 0, 10), (-35, -10, 25)])
+def test_a_projected_mean_face_gives_back_its_pose_with_the_documented_signs(pose) -> None:
+    from faceetl.curate.pose import MEAN_FACE_5
+
+    side = 1000.0
+    cam = np.array([[side, 0, side / 2], [0, side, side / 2], [0, 0, 1]])
+    rvec = cv2.Rodrigues(_rotation(*pose))[0]
+    tvec = np.array([0.0, 0.0, 1500.0])
+    p68 = cv2.projectPoints(MEAN_FACE_68, rvec, tvec, cam, None)[0].reshape(68, 2)
+    p5 = cv2.projectPoints(MEAN_FACE_5, rvec, tvec, cam, None)[0].reshape(5, 2)
+    np.testing.assert_allclose(head_pose(None, p68, side, side)[:3], pose, atol=1e-3)
+    np.testing.assert_allclose(head_pose(p5, None, side, side)[:3], pose, atol=1e-3)
+    eyes, nose = p5[:2].mean(axis=0), p5[2]
+    front = cv2.projectPoints(MEAN_FACE_5, np.zeros(3), tvec, cam, None)[0].reshape(5, 2)
+    if pose == (20, 0, 0):  # turned to the image's right: the nose tip moves right
+        assert nose[0] > eyes[0] + 5
+    if pose == (0, 15, 0):  # looking up: the nose tip rises towards the eyes
+        assert nose[1] - eyes[1] < front[2, 1] - front[:2, 1].mean() - 5
+    if pose == (0, 0, 10):  # clockwise: the eye on the image's right is lower
+        assert p5[1, 1] > p5[0, 1] + 5
 
 
 def _turned(rgb: np.ndarray, centre: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
