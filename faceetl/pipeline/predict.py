@@ -3,7 +3,8 @@
 ``predict(faces, model="fairface")`` maps each partition of faces to the predictor's columns. The
 predictor says which crop it wants: the ``crop`` column as it is, or its own alignment (e.g.
 FairFace's 300 px dlib chip) made from each face's landmarks in the original image, which is then
-read once per image. Rows without a face get empty predictions and stay in place.
+read once per image. Rows without a face get empty predictions and stay in place. A predictor
+that says ``uses_rows`` (quality: landmarks, box, image size) also gets its crops' rows.
 
 Crop files (``crop_path``) and originals (``path``) may be local paths or fsspec URLs
 (``s3://``, ``gs://``, ``memory://``, ...), read with ``storage_options``.
@@ -20,7 +21,7 @@ import pandas as pd
 from .. import config, schema, storage
 from ..align import crop_face, estimate_transform
 from ..images import decode_png, load_image
-from ..predictors.base import REGISTRY, get_predictor, output_columns
+from ..predictors.base import REGISTRY, get_predictor, output_columns, uses_rows
 from .cluster import one_model_thread
 from .progress import images_planned, remember_images
 
@@ -161,7 +162,9 @@ def _predict_partition(
         good = [i for i in ok if not isinstance(crops[i], Exception)]  # unreadable: left empty
         for s in range(0, len(good), batch_size):
             chunk = good[s : s + batch_size]
-            res = predictor.predict_batch([crops[i] for i in chunk])
+            # a predictor that measures more than the crop gets the crops' rows too
+            extra = {"rows": part.iloc[chunk]} if uses_rows(predictor) else {}
+            res = predictor.predict_batch([crops[i] for i in chunk], **extra)
             for c in model_cols:
                 for i, v in zip(chunk, res[c], strict=True):
                     values[c][i] = v

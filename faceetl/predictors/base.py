@@ -5,6 +5,11 @@ A predictor is a class in its own file under ``faceetl/predictors/`` decorated w
 from each face's landmarks in the original image, or ``None`` to use the ``crop`` column as it is)
 and the columns it adds (``columns``: name -> pandas dtype, known without loading the model), and
 maps a batch of RGB uint8 crops to those columns. Models load once per worker process.
+
+A predictor that needs more than the crop (the face's landmarks, box, image size: the quality
+predictor) says ``uses_rows = True``; its ``predict_batch(crops, rows=...)`` then also gets the
+face rows of those crops (a pandas frame in the same order). The attribute is optional (False
+where absent), so predictors written before it keep working.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class PredictorSpec:
 
 
 REGISTRY: Registry[PredictorSpec] = Registry(
-    "model", "faceetl.predictors", ("fairface", "parsing", "embedding")
+    "model", "faceetl.predictors", ("fairface", "parsing", "embedding", "quality")
 )
 
 
@@ -76,6 +81,11 @@ def output_columns(name: str, **params: Any) -> dict[str, Any]:
         factory.output_columns(**params) if hasattr(factory, "output_columns") else factory.columns
     )
     return {**cols, f"{name}_provenance": "string[pyarrow]"}
+
+
+def uses_rows(predictor: Any) -> bool:
+    """Whether ``predictor.predict_batch`` takes the crops' face rows as ``rows=``."""
+    return bool(getattr(predictor, "uses_rows", False))
 
 
 def check_crops(crops: list[np.ndarray], align: AlignSpec | None, what: str) -> None:
