@@ -15,6 +15,7 @@ from .backends.base import (
     register_backend,
 )
 from .compare import compare, verify
+from .curate.duplicates import duplicates
 from .images import ImageError, decode_png, load_image
 from .pife import Pife
 from .pipeline.cluster import cluster
@@ -76,6 +77,7 @@ __all__ = [
     "curate",
     "decode_png",
     "dlib_template",
+    "duplicates",
     "extract_faces",
     "fetch",
     "get_backend",

@@ -17,7 +17,9 @@ BYTES = pd.ArrowDtype(pa.binary())
 #: column -> dtype, in output order. Landmarks are 10 floats (x, y of the 5 ArcFace points, NaN
 #: where unknown); ``shape`` is the backend's native landmarks, x, y interleaved (dlib: its 68 or
 #: 5 points, which dlib chips are fitted on), null when the backend has none; ``affine`` is the
-#: 6-float row-major image-to-crop transform.
+#: 6-float row-major image-to-crop transform; ``file_sha256`` is the hex sha256 of the input
+#: file's bytes, hashed as they are read (null where the file could not be read): byte-identical
+#: inputs share it (:func:`faceetl.duplicates`).
 SCHEMA: dict[str, Any] = {
     "path": STRING,
     "face": "int64",
@@ -37,6 +39,7 @@ SCHEMA: dict[str, Any] = {
     "image_width": "int64",
     "image_height": "int64",
     "provenance": STRING,
+    "file_sha256": STRING,
 }
 
 STATUS_OK = "ok"
@@ -70,6 +73,7 @@ def empty_row(path: str) -> dict[str, Any]:
         "image_width": -1,
         "image_height": -1,
         "provenance": "",
+        "file_sha256": None,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 
@@ -52,6 +53,10 @@ def test_every_input_has_a_row_and_bad_input_a_status(sync, mixed):
         assert status[str(bad[name])] == "ok", name  # a face is found in each odd-format copy
     errors = df[df["status"].str.startswith("error")]
     assert (errors["face"] == -1).all() and errors["crop"].isna().all()
+    sha = df.groupby("path")["file_sha256"].first()  # the bytes' hash, where they could be read
+    assert pd.isna(sha[str(bad["missing"])])
+    for p in (paths[0], str(bad["truncated"])):
+        assert sha[p] == hashlib.sha256(open(p, "rb").read()).hexdigest()
 
 
 def test_exif_rotated_face_found_upright(sync, mixed):

@@ -223,6 +223,40 @@ def test_the_dataset_reads_with_pandas_and_dask(tmp_path):
     assert isinstance(read_faces(out / "faces.parquet", lazy=True), dd.DataFrame)
 
 
+def test_an_output_of_an_earlier_faceetl_resumes_with_the_new_column(tmp_path, caplog):
+    """Parts written before ``file_sha256`` existed get it (null) when the output is resumed;
+    the new parts carry the files' hashes; every reader gives the column."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from faceetl.pipeline.manifest import arrow_table
+
+    paths = _photos(tmp_path / "in")[:4]
+    out = tmp_path / "out"
+    dataset = out / "faces.parquet"
+    with dask.config.set(**THREADS):
+        _pife().extract(paths[:2], out)
+        for part in dataset.glob("part-*.parquet"):  # as the earlier faceetl wrote them
+            old = read_faces(part).drop(columns="file_sha256")
+            pq.write_table(arrow_table(old), part)
+        assert "file_sha256" not in pd.read_parquet(dataset).columns
+        _pife().extract(paths, out)
+    assert "given the columns it did not have" in caplog.text
+    sha = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+    readers = {
+        "read_faces": read_faces(out),
+        "read_faces lazy": read_faces(out, lazy=True).compute(),
+        "pd.read_parquet": pd.read_parquet(dataset),
+        "dd.read_parquet": dd.read_parquet(dataset).compute(),
+    }
+    for name, df in readers.items():
+        got = df.groupby("path")["file_sha256"].first()  # first: skips nulls
+        assert set(df["path"]) == set(paths), name
+        assert got[paths[:2]].isna().all(), name  # the old rows: null
+        assert got[paths[2:]].to_dict() == {p: sha[p] for p in paths[2:]}, name
+
+
 # -- one run at a time ------------------------------------------------------------------------------
 
 

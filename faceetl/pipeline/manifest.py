@@ -312,12 +312,19 @@ def _remove_crops(out: Output, stems: list[str], temporary_only: bool) -> None:
 
 def committed_paths(out: Output, wanted: set[str]) -> set[str]:
     """Paths with a final result in the dataset (ok or no_face). Error rows of ``wanted`` paths
-    are deleted from their parts (rewritten atomically), so those paths are tried again."""
+    are deleted from their parts (rewritten atomically), so those paths are tried again. Parts
+    written by an earlier faceetl are first given the columns it did not have
+    (:func:`upgraded_part`)."""
     import pyarrow.compute as pc
 
     done: set[str] = set()
     wanted_values: pa.Array | None = None  # built once, only if some part has error rows
+    upgraded = 0
     for name, data in _part_bytes(out, part_names(out)):
+        newer = upgraded_part(data)
+        if newer is not None:
+            out.write(f"{MANIFEST}/{name}", newer)
+            data, upgraded = newer, upgraded + 1
         table = pq.read_table(io.BytesIO(data), columns=["path", "status"])
         failed = pc.starts_with(table["status"].cast(pa.string()), "error").fill_null(False)
         done.update(table["path"].filter(pc.invert(failed)).to_pylist())
@@ -333,7 +340,36 @@ def committed_paths(out: Output, wanted: set[str]) -> set[str]:
                 out.write(f"{MANIFEST}/{name}", parquet_bytes(rest))
             else:
                 out.remove([f"{MANIFEST}/{name}"])
+    if upgraded:
+        log.warning("%d parts of %s, written by an earlier faceetl, were given the columns it did "
+                    "not have (null)", upgraded, out.dataset)  # fmt: skip
     return done
+
+
+def upgraded_part(data: bytes) -> bytes | None:
+    """A part (parquet bytes) written by an earlier faceetl, with the schema's columns it lacks
+    (``file_sha256``) appended as nulls; None when it has them all.
+
+    A resumed output gets parts with today's columns beside the old ones, and pyarrow takes a
+    folder's columns from one file (``pd.read_parquet`` drops a column the first file lacks,
+    ``dd.read_parquet`` fails on it): every part is given the same columns instead.
+    """
+    have = pq.read_schema(io.BytesIO(data)).names
+    ours = pa.Schema.from_pandas(schema.meta(), preserve_index=False)
+    missing = [f for f in ours if f.name not in have]
+    if not missing:
+        return None
+    table = pq.read_table(io.BytesIO(data))
+    for f in missing:
+        table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    meta = dict(table.schema.metadata or {})
+    if b"pandas" in meta:  # pandas' record of the columns' dtypes gets theirs too
+        pandas_meta = json.loads(meta[b"pandas"])
+        entries = {c["name"]: c for c in json.loads(ours.metadata[b"pandas"])["columns"]}
+        pandas_meta["columns"] += [entries[f.name] for f in missing if f.name in entries]
+        meta[b"pandas"] = json.dumps(pandas_meta).encode()
+        table = table.replace_schema_metadata(meta)
+    return parquet_bytes(table)
 
 
 def _part_bytes(out: Output, names: list[str], chunk: int = 256) -> Iterable[tuple[str, bytes]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import json
 import logging
 import os
@@ -182,6 +183,7 @@ class PartitionRun:
         self.rows: list[dict[str, Any]] = []
         self.origin: list[int] = []  # input row of each output row
         self.predicted: dict[str, list[Any]] = {}
+        self.sha: dict[int, str] = {}  # input row -> sha256 of its file's bytes, once read
 
     # -- rows ------------------------------------------------------------------------------------
 
@@ -191,7 +193,7 @@ class PartitionRun:
 
     def base(self, i: int) -> dict[str, Any]:
         return {**schema.empty_row(self.paths[i]), "backend": self.job.backend,
-                "provenance": self.prov}  # fmt: skip
+                "provenance": self.prov, "file_sha256": self.sha.get(i)}  # fmt: skip
 
     def error_row(self, i: int, e: Exception | str) -> dict[str, Any]:
         # an ImageError says what is wrong in words; anything else (permissions, ...) by type
@@ -201,11 +203,18 @@ class PartitionRun:
 
     # -- read and decode -------------------------------------------------------------------------
 
+    def read(self, i: int) -> bytes:
+        """The bytes of input ``i``, their sha256 noted for its rows (hashed here, while they are
+        in memory: the file is never read again for it)."""
+        data = read_image_bytes(self.paths[i], self.job.storage_options)
+        self.sha[i] = hashlib.sha256(data).hexdigest()
+        return data
+
     def load(self, i: int) -> Any:
         """Image ``i`` (RGB uint8, on the host), or its error row."""
         try:
             with stage("read"):
-                data = read_image_bytes(self.paths[i], self.job.storage_options)
+                data = self.read(i)
             with stage("decode"):
                 return decode_image(data, max_pixels=self.job.max_pixels)
         except Exception as e:
@@ -218,7 +227,7 @@ class PartitionRun:
         with stage("read"):
             for i in batch:
                 try:
-                    datas.append(read_image_bytes(self.paths[i], self.job.storage_options))
+                    datas.append(self.read(i))
                     out.append(None)
                 except Exception as e:
                     out.append(self.error_row(i, e))
