@@ -1,9 +1,9 @@
 """Near-duplicate measure: pHash bits against dlib embedding distance on images/identities.
 
-    FACEETL_HOME=... FACEETL_OFFLINE=1 .venv/bin/python benchmarks/duplicates.py
+    FACEETL_HOME=... FACEETL_OFFLINE=1 .venv/bin/python benchmarks/duplicates.py [--backend B]
 
-Faces by the dlib backend (one per chip), crops ArcFace 112 px, dlib embeddings in the same
-pass. Prints, for each measure, the distance of each known duplicate pair, the nearest other pair
+Faces by the dlib backend (or ``--backend``: retinaface, mtcnn; one per chip), crops ArcFace
+112 px, dlib embeddings in the same pass (distances of the unit vectors, as duplicates() uses). Prints, for each measure, the distance of each known duplicate pair, the nearest other pair
 and the relative margin (nearest other - farthest duplicate) / nearest other. A third measure, not
 one duplicates() could use (it needs the chips aligned alike), checks which pairs are one photo:
 1 - the correlation of the chips' grey pixels.
@@ -45,11 +45,12 @@ EDITED = ("John_Simm/000300_00470148.jpg", "John_Simm/000304_00470122.jpg")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=SHARED)
+    ap.add_argument("--backend", default="dlib")
     args = ap.parse_args()
     args.images = args.shared / "images" / "identities"
     with dask.config.set(scheduler="sync"):
         faces = faceetl.extract_faces(
-            str(args.images), backend="dlib", template=PHASH_ALIGN.template,
+            str(args.images), backend=args.backend, template=PHASH_ALIGN.template,
             size=PHASH_ALIGN.size, predict=["embedding"],
         ).compute()  # fmt: skip
     faces = faces[faces["status"] == "ok"].sort_values("path", ignore_index=True)
@@ -58,12 +59,12 @@ def main() -> None:
     at = {n: i for i, n in enumerate(names)}
     crops = _crops_for(faces, np.arange(len(faces)), PHASH_ALIGN)
     codes = np.array([phash(crops[i]) for i in range(len(faces))], np.int64)
-    vectors = np.stack([np.asarray(v, np.float64) for v in faces["embedding_vector"]])
+    vectors = np.stack([np.asarray(v, np.float64) for v in faces["embedding_vector_normalized"]])
     grey = np.stack([np.asarray(Image.open(args.images / n).convert("L"), float).ravel()
                      for n in names])  # fmt: skip
     measures = {
         "pHash bits": popcount(codes[:, None] ^ codes[None, :]).astype(float),
-        "embedding L2": np.linalg.norm(vectors[:, None] - vectors[None], axis=-1),
+        "embedding L2 (unit)": np.linalg.norm(vectors[:, None] - vectors[None], axis=-1),
         "1 - grey correlation": 1 - np.corrcoef(grey),
     }
     pairs = [*KNOWN, EDITED]
@@ -103,7 +104,7 @@ def copies(shared: Path) -> None:
         faces["photo"] = [Path(p).stem.split("__")[0] for p in faces["path"]]
         faces["copy"] = [Path(p).stem.split("__")[1] for p in faces["path"]]
         print(f"\ncopies of {len(photos)} photos ({len(faces)} faces, retinaface): pHash bits "
-              "(with the original's landmarks scaled), embedding L2")  # fmt: skip
+              "(with the original's landmarks scaled), embedding L2 (unit)")  # fmt: skip
         for (photo, name), copy in faces[faces["copy"] != "orig"].groupby(["photo", "copy"]):
             scale = COPIES[name][0]
             for _, c in copy.iterrows():
@@ -118,8 +119,8 @@ def copies(shared: Path) -> None:
                                    PHASH_ALIGN)[0]  # fmt: skip
                 bits = [int(popcount(np.array([phash(own[0]) ^ phash(x)]))[0])
                         for x in (own[1], moved)]  # fmt: skip
-                emb = np.linalg.norm(np.asarray(o["embedding_vector"]) -
-                                     np.asarray(c["embedding_vector"]))  # fmt: skip
+                emb = np.linalg.norm(np.asarray(o["embedding_vector_normalized"]) -
+                                     np.asarray(c["embedding_vector_normalized"]))  # fmt: skip
                 print(f"  {photo} face {o['face']} {name}: {bits[0]} ({bits[1]}), {emb:.3f}")
 
 

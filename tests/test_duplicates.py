@@ -48,7 +48,49 @@ def faces() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def found(faces) -> pd.DataFrame:
-    return faceetl.duplicates(faces)
+    return faceetl.duplicates(faces)  # no embeddings: the pHash
+
+
+@pytest.fixture(scope="module")
+def embedded() -> dict[str, pd.DataFrame]:
+    """The chips' faces with dlib embeddings, by backend (each aligns them its own way)."""
+    return {}
+
+
+def _embedded(embedded: dict, backend: str) -> pd.DataFrame:
+    if backend not in embedded:
+        with dask.config.set(scheduler="sync"):
+            df = faceetl.extract_faces(str(IDENTITIES), backend=backend,
+                                       predict="embedding").compute()  # fmt: skip
+        assert (df["status"] == "ok").all() and len(df) == 55
+        embedded[backend] = df.reset_index(drop=True)
+    return embedded[backend]
+
+
+@pytest.mark.parametrize("backend", ["retinaface", pytest.param("mtcnn", marks=pytest.mark.slow),
+                                     pytest.param("dlib", marks=pytest.mark.slow)])  # fmt: skip
+def test_embeddings_give_the_copies_on_every_backend(embedded, backend):
+    """With embeddings (the default where the frame has them) the copies of one photo and
+    nothing else, whichever backend aligned the faces (the pHash does so on dlib's only)."""
+    pytest.importorskip("faiss")
+    df = _embedded(embedded, backend)
+    out = faceetl.duplicates(df)
+    assert _pairs(out) == {**dict.fromkeys(EXACT, "exact"), **dict.fromkeys(NEAR, "near")}
+    assert out.groupby("duplicate_group")["duplicate_keep"].sum().eq(1).all()
+    if backend == "retinaface":  # where the pHash puts two photos of one man together
+        hashed = _pairs(faceetl.duplicates(df, near="phash"))
+        assert ("John_Simm/000297_00470170.jpg", "John_Simm/000300_00470148.jpg") in hashed
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_embeddings_on_dask(embedded, scheduler):
+    pytest.importorskip("faiss")
+    df = _embedded(embedded, "retinaface")
+    with dask.config.set(scheduler=scheduler, num_workers=2):
+        out = faceetl.duplicates(dd.from_pandas(df, npartitions=3))
+        assert isinstance(out, dd.DataFrame)
+        got = out.compute()
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), faceetl.duplicates(df))
 
 
 def _pairs(df: pd.DataFrame) -> dict[tuple[str, ...], str]:

@@ -15,33 +15,38 @@ pixels; the box area ``(x2 - x1) * (y2 - y1)`` where the frame has no ``face_siz
 sharper ``blur`` (higher is sharper; only where the frame has the column), then the higher
 detector ``score``, then the first by ``path`` and ``face``. Missing values come last.
 
-Near-duplicates are faces whose 64-bit perceptual hashes (DCT pHash of the grey ArcFace 112 px
-crop, :func:`phash`) differ in at most ``max_distance`` bits (default 6); groups are the
-connected components of those pairs. Measured on ``images/identities`` (55 aligned chips of 5
-people; faces found by the dlib backend, crops ``arcface`` 112 px: ``benchmarks/duplicates.py``),
-pHash against the Euclidean distance of dlib's 128-d embeddings (``embedding_vector``):
+Near-duplicates (the same photo saved again, resized or edited) are found by embedding distance
+where the frame has embeddings (``near="auto"``: ``faceetl.predict(faces, "embedding")`` first),
+else by a 64-bit perceptual hash (DCT pHash of the grey ArcFace 112 px crop, :func:`phash`);
+groups are the connected components of the pairs. Measured on ``images/identities`` (55 aligned
+chips of 5 people) with each backend's own alignment (``benchmarks/duplicates.py`` for the dlib
+backend's table; the same for retinaface and mtcnn), the copies of one photo against the
+nearest other pair, pHash bits and the Euclidean distance of dlib's unit embeddings:
 
-======================================================  =====  =========
-pair                                                    pHash  embedding
-======================================================  =====  =========
-Shimkus 000378_02340151 / 000378_03227610 (same bytes)  0      0
-Shimkus 000375_03227651 / 000376_02340068 (re-encoded)  2      0.062
-Salley 000189_02159361 / 000192_02159531 (re-encoded)   4      0.082
-Simm 000300_00470148 / 000304_00470122 (see below)      4      0.089
-nearest other pair                                      8      0.161
-======================================================  =====  =========
+=========================================  ===============  ==============  ==============
+pair (pHash bits / embedding distance)      dlib backend     retinaface      mtcnn
+=========================================  ===============  ==============  ==============
+Shimkus 000378 pair (same bytes)            0 / 0            0 / 0           0 / 0
+Shimkus 000375 / 000376 (re-encoded)        2 / 0.041        0 / 0.057       0 / 0.039
+Salley 000189 / 000192 (re-encoded)         4 / 0.056        2 / 0.047       6 / 0.067
+Simm 000300 / 000304 (edited copy)          4 / 0.062        10 / 0.072      6 / 0.101
+nearest other pair, pHash                   8 / 0.114        6 / 0.126       6 / 0.144
+nearest other pair, embedding               8 / 0.114        12 / 0.117      16 / 0.134
+=========================================  ===============  ==============  ==============
 
-The John_Simm pair is the same photograph too, brightened and softened: its chips' grey pixels
-correlate 0.992, as the re-encoded pairs' 0.993 and 0.997, where no other pair passes 0.89; both
-measures put it with them, so it is a near-duplicate here. Counted as one, the pHash's relative
-margin over the other pairs, (8 - 4) / 8 = 0.50, is wider than the embedding's, (0.161 - 0.089)
-/ 0.161 = 0.45 (counted as a different photo, no pHash threshold parts it from the Salley pair,
-and the embedding keeps 0.088: a threshold between 0.082 and 0.089). dlib's same-person
-threshold, 0.6, is far above all of these. pHash also needs no model, and its integer code
-blocks exactly: pigeonhole on ``max_distance + 1`` bands of the 64 bits (two codes within
-``max_distance`` bits agree on at least one band). ``max_distance=6`` sits between the
-duplicates (at most 4) and the other pairs (at least 8; pHash distances are even where, as
-almost always, each code has 32 bits set).
+The pHash parts the copies from the other pairs only on the dlib backend's chips (at 6 bits);
+on RetinaFace's and MTCNN's alignments a same-person pair of two photos (Simm 000297 / 000300)
+is as close as the copies, and RetinaFace's Simm copy is 10 bits apart. The embedding parts
+them on all three (copies at most 0.101, other pairs at least 0.114): the default,
+:data:`EMBEDDING_DISTANCE` 0.107 for dlib's network; the pHash is the fallback for frames
+without embeddings. dlib's same-person threshold (0.4 on unit vectors) is far above both.
+The John_Simm pair is the same photograph, brightened and softened: its chips' grey pixels
+correlate 0.992, as the re-encoded pairs' 0.993 and 0.997, where no other pair passes 0.89.
+
+The pHash's integer code blocks exactly: pigeonhole on ``max_distance + 1`` bands of the 64
+bits (two codes within ``max_distance`` bits agree on at least one band); ``max_distance=6``.
+The embeddings' pairs come from the kNN index of :mod:`faceetl.curate.index` (each face's ``k``
+nearest), built and queried on the workers.
 
 Copies of 6 photos (7 faces, retinaface; the same benchmark): re-saved at JPEG quality 70 or
 50, 0-2 bits (embedding 0.02-0.11); resized to 3/4 or 1/2, 0-14 bits (embedding 0.10-0.18),
@@ -56,6 +61,7 @@ bucket only; the driver receives the members of groups alone and joins their com
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -67,6 +73,14 @@ from ..align import AlignSpec
 #: the crop the hash is taken from: the extraction's default, so its stored crops serve as they are
 PHASH_ALIGN = AlignSpec("arcface", 112)
 MAX_DISTANCE = 6
+#: near-duplicate faces by embedding: the largest Euclidean distance of unit embeddings, per
+#: network (dlib: copies of one photo at most 0.101, other pairs at least 0.114, over the
+#: retinaface, mtcnn and dlib backends' alignments; see the table above)
+EMBEDDING_DISTANCE: dict[str, float] = {"dlib": 0.107}
+EMBEDDINGS = "embedding_vector_normalized"
+NPROBE = 8
+#: what the index keeps beside each vector: what a linked neighbour's signature needs
+_INDEX_KEEP = ("file_sha256", "face_size", "blur", "score", "x1", "y1", "x2", "y2")
 COLUMNS: dict[str, Any] = {
     "duplicate_group": "Int64",
     "duplicate_kind": schema.STRING,
@@ -126,16 +140,26 @@ def band_masks(bands: int) -> np.ndarray:
 
 
 def duplicates(
-    faces: Any, max_distance: int = MAX_DISTANCE, storage_options: dict[str, Any] | None = None
+    faces: Any,
+    max_distance: int = MAX_DISTANCE,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    near: str = "auto",
+    embedding_distance: float | None = None,
+    k: int = 8,
 ) -> Any:
     """``faces`` (pandas or Dask) with ``duplicate_group``, ``duplicate_kind`` and
     ``duplicate_keep`` (see :mod:`faceetl.curate.duplicates`): byte-identical files by
-    ``file_sha256``, near-duplicate faces by pHash within ``max_distance`` bits of 64.
+    ``file_sha256``, near-duplicate faces by ``near``: ``"embedding"`` (unit embeddings at most
+    ``embedding_distance`` apart, default :data:`EMBEDDING_DISTANCE` for the frame's network,
+    among each face's ``k`` nearest in a :class:`faceetl.FaceIndex`), ``"phash"`` (pHashes
+    within ``max_distance`` bits of 64), or ``"auto"``: embeddings where the frame has them
+    (``faceetl.predict(faces, "embedding")``), else the pHash.
 
-    A Dask frame is read once now for the groups (the hashes are computed on the workers) and
-    comes back lazy; a lazy extraction then runs again when the result is computed, so write it
-    first (:func:`faceetl.write_faces`) or persist it. ``storage_options``: those of the
-    ``crop_path`` and ``path`` URLs the crops are read from.
+    A Dask frame is read once now for the groups (on the workers) and comes back lazy; a lazy
+    extraction then runs again when the result is computed, so write it first
+    (:func:`faceetl.write_faces`) or persist it. ``storage_options``: those of the
+    ``crop_path`` and ``path`` URLs the crops are read from (pHash).
     """
     import dask.dataframe as dd
 
@@ -149,6 +173,12 @@ def duplicates(
         raise KeyError(f"the face frame has no {missing} column")
     if not 0 <= max_distance < 64:
         raise ValueError(f"max_distance is a number of bits of 64, not {max_distance}")
+    if near not in ("auto", "embedding", "phash"):
+        raise ValueError(f"near must be 'auto', 'embedding' or 'phash', not {near!r}")
+    if near == "auto":
+        near = "embedding" if EMBEDDINGS in faces.columns else "phash"
+    if near == "embedding":
+        return _by_embedding(faces, _embedding_distance(faces, embedding_distance), k)
     bands = max_distance + 1
     if isinstance(faces, pd.DataFrame):
         sig = signatures(faces, storage_options)
@@ -164,12 +194,92 @@ def duplicates(
     banded = sig.map_partitions(band_rows, bands, meta=_meta({**_SIGNATURE, "band": "int64",
                                                               "value": "int64"}))  # fmt: skip
     shuffled = banded.shuffle(on=["band", "value"])
-    near = shuffled.map_partitions(near_links, max_distance, meta=meta)
-    found = dask.compute(exact, near)  # one graph: the signatures are computed once
+    near_found = shuffled.map_partitions(near_links, max_distance, meta=meta)
+    found = dask.compute(exact, near_found)  # one graph: the signatures are computed once
+    return _attached(faces, pd.concat(found))
+
+
+def _attached(faces: Any, found: pd.DataFrame) -> Any:
+    """``faces`` (Dask) with the group columns of ``found``'s links, lazily."""
     out_meta = faces._meta.copy()
     for c, dtype in COLUMNS.items():
         out_meta[c] = pd.Series([], dtype=dtype)
-    return faces.map_partitions(attach, groups(pd.concat(found)), meta=out_meta)
+    return faces.map_partitions(attach, groups(found), meta=out_meta)
+
+
+def _embedding_distance(faces: Any, distance: float | None) -> float:
+    """``distance``, or the measured one of the frame's network (dlib's where a Dask frame is
+    not read to say: pass ``embedding_distance=`` for another network's vectors)."""
+    if distance is not None:
+        return float(distance)
+    network = "dlib"
+    if isinstance(faces, pd.DataFrame) and "embedding_network" in faces.columns:
+        named = faces["embedding_network"].dropna()
+        network = str(named.iloc[0]) if len(named) else network
+    if network not in EMBEDDING_DISTANCE:
+        raise ValueError(f"no measured near-duplicate distance for {network!r} embeddings: "
+                         "pass embedding_distance=")  # fmt: skip
+    return EMBEDDING_DISTANCE[network]
+
+
+def _by_embedding(faces: Any, distance: float, k: int) -> Any:
+    """Exact groups by file hash and near ones by embedding distance, from one pass over the
+    partitions (the index's shards, the hashes and the queries share it)."""
+    import dask
+    from dask import delayed
+
+    from . import index as ix
+    from .identities import FaceIndex, _parts
+
+    parts = _parts(faces)
+    index = FaceIndex._of(parts, "dlib", ix.COLUMN, None, _INDEX_KEEP, 0)
+    merged = index._merged()
+    near = [delayed(_near_links)(p, i, merged, k, distance) for i, p in enumerate(parts)]
+    # exact groups: the signatures split by file hash into as many buckets as partitions (a
+    # shuffle in delayed tasks, so that one graph holds the index's and the buckets' tasks)
+    sigs = [delayed(_hash_buckets)(p, len(parts)) for p in parts]
+    exact = [delayed(_exact_bucket)([s[b] for s in sigs]) for b in range(len(parts))]
+    eager = isinstance(faces, pd.DataFrame)
+    with dask.config.set(scheduler="sync") if eager else contextlib.nullcontext():
+        links = pd.concat(dask.compute(*exact, *near), ignore_index=True)
+    return attach(faces, groups(links)) if eager else _attached(faces, links)
+
+
+def _hash_buckets(part: pd.DataFrame, n: int) -> list[pd.DataFrame]:
+    """The partition's hashed faces' signatures in ``n`` buckets by their file's hash."""
+    sig = signatures(part, None, None, False)
+    sig = sig[sig["file_sha256"].notna()]
+    bucket = pd.util.hash_pandas_object(sig["file_sha256"], index=False).to_numpy() % n
+    return [sig[bucket == b] for b in range(n)]
+
+
+def _exact_bucket(pieces: list[pd.DataFrame]) -> pd.DataFrame:
+    return exact_links(pd.concat(pieces, ignore_index=True))
+
+
+def _near_links(part: pd.DataFrame, i: int, m: Any, k: int, distance: float) -> pd.DataFrame:
+    """The partition's faces each linked to its indexed neighbours at most ``distance`` away
+    (both ways: the neighbour's signature comes from the index's rows)."""
+    from . import index as ix
+
+    pos, x = ix.vectors_of(part, ix.COLUMN)
+    if not len(pos):
+        return _meta(_LINK)
+    dist, ids = ix.search(m, x, k + 1, NPROBE)
+    own = ix.global_ids(i, pos)
+    q, r = np.nonzero((dist <= distance) & (ids >= 0) & (ids != own[:, None]))
+    if not len(q):
+        return _meta(_LINK)
+    a = _signature_of(part.iloc[pos[q]])
+    b = _signature_of(m.rows.loc[ids[q, r]].reset_index(drop=True))
+    return pd.concat([_links(a, b["path"], b["face"]), _links(b, a["path"], a["face"])],
+                     ignore_index=True)  # fmt: skip
+
+
+def _signature_of(rows: pd.DataFrame) -> pd.DataFrame:
+    out = _quality(rows.reset_index(drop=True))
+    out.insert(3, "phash", pd.array([None] * len(out), "Int64"))
+    return out
 
 
 def _meta(columns: dict[str, Any]) -> pd.DataFrame:
@@ -181,31 +291,41 @@ def signatures(
     part: pd.DataFrame,
     storage_options: dict[str, Any] | None = None,
     settings: config.Settings | None = None,
+    hashed: bool = True,
 ) -> pd.DataFrame:
     """One partition's faces reduced to what the grouping needs (see ``_SIGNATURE``): the pHash
-    of each ``ok`` face's crop (null where it cannot be read), the file's hash, the quality.
-    ``settings``: faceetl's, captured on the driver (the pixel limit of originals read again)."""
+    of each ``ok`` face's crop (null where it cannot be read, or with ``hashed=False``), the
+    file's hash, the quality. ``settings``: faceetl's, captured on the driver (the pixel limit
+    of originals read again)."""
     with config.applied(settings):
-        return _signatures(part, storage_options)
+        return _signatures(part, storage_options, hashed)
 
 
-def _signatures(part: pd.DataFrame, storage_options: dict[str, Any] | None) -> pd.DataFrame:
+def _signatures(
+    part: pd.DataFrame, storage_options: dict[str, Any] | None, hashed: bool = True
+) -> pd.DataFrame:
     from ..pipeline.predict import _crops_for  # the crops as the predictors get them
 
-    out = pd.DataFrame({"path": pd.array(part["path"].astype(str), schema.STRING),
-                        "face": part["face"].to_numpy(np.int64)})  # fmt: skip
-    sha = part["file_sha256"] if "file_sha256" in part.columns else None
-    out["file_sha256"] = pd.array([None] * len(part) if sha is None else sha, schema.STRING)
+    out = _quality(part)
     codes: list[Any] = [None] * len(part)
     if "status" in part.columns:
         ok = np.flatnonzero((part["status"] == schema.STATUS_OK).fillna(False).to_numpy(bool))
     else:
         ok = np.flatnonzero((part["face"] >= 0).to_numpy(bool))
-    if len(ok):
+    if hashed and len(ok):
         crops = _crops_for(part, ok, PHASH_ALIGN, storage_options)
         for i, crop in crops.items():
             codes[i] = None if isinstance(crop, Exception) else phash(crop)
-    out["phash"] = pd.array(codes, "Int64")
+    out.insert(3, "phash", pd.array(codes, "Int64"))
+    return out.drop_duplicates(["path", "face"], ignore_index=True)
+
+
+def _quality(part: pd.DataFrame) -> pd.DataFrame:
+    """Who each face is, its file's hash and what decides the member kept (no pHash)."""
+    out = pd.DataFrame({"path": pd.array(part["path"].astype(str), schema.STRING),
+                        "face": part["face"].to_numpy(np.int64)})  # fmt: skip
+    sha = part["file_sha256"] if "file_sha256" in part.columns else None
+    out["file_sha256"] = pd.array([None] * len(part) if sha is None else sha, schema.STRING)
     if "face_size" in part.columns:
         size = part["face_size"].astype("float64").to_numpy()
     else:
@@ -215,7 +335,7 @@ def _signatures(part: pd.DataFrame, storage_options: dict[str, Any] | None) -> p
     blur = part["blur"] if "blur" in part.columns else pd.Series(np.nan, index=part.index)
     out["blur"] = blur.astype("float64").to_numpy()
     out["score"] = part["score"].astype("float64").to_numpy()
-    return out.drop_duplicates(["path", "face"], ignore_index=True)
+    return out
 
 
 def band_rows(sig: pd.DataFrame, bands: int) -> pd.DataFrame:
