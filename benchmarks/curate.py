@@ -172,7 +172,8 @@ def ann() -> None:
         i.train(x[:50_000])
         i.add(x)
         i.nprobe = 8
-        i._q = q
+        q.this.disown()  # the index keeps its quantizer
+        i.own_fields = True
         return i
 
     def fhnsw():

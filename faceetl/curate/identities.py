@@ -13,6 +13,7 @@ once. The driver holds the k-means centroids only, never the vectors or the edge
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -99,7 +100,8 @@ class FaceIndex:
                   for i, s in enumerate(self.shards)]  # fmt: skip
         centroids, *counts = dask.compute(self.centroids, *writes)
         meta = {**self.meta, "shards": len(self.shards), "count": int(sum(counts)),
-                "dim": int(centroids.shape[1]), "nlist": int(len(centroids))}  # fmt: skip
+                "dim": int(centroids.shape[1]), "nlist": int(len(centroids)),
+                "saved": uuid.uuid4().hex}  # fmt: skip  # a worker's cached copy is this one's
         ix.write_meta(url, meta, np.asarray(centroids), opts)
         return url
 

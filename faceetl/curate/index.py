@@ -7,13 +7,14 @@ query is compared with the vectors of its ``nprobe`` nearest lists in every shar
 merges the shards once (cached) and answers its query partitions. The driver holds the sample's
 centroids only, never the vectors.
 
-Why faiss's IVF (measured on 10^5 planted 128-d unit vectors, one thread, every vector a query,
-k=10; ``python benchmarks/curate.py --ann``): IVF (1,024 lists, nprobe 8) built in 2.1 s and
-answered in 5.4 s (recall@10 0.93 against exact search); HNSW graphs were 8-20x slower to
-build and 3-6x slower to query for recall 0.95-0.96: faiss HNSW 16.6 s + 14.2 s, hnswlib 20.0 +
-16.6 s, usearch 36.0 + 33.6 s (f16: 22.4 + 20.7 s). A face's same-person neighbours lie in its
-own and the adjacent lists, so IVF finds them (the recall that matters: see the benchmark's F);
-IVF shards also merge without rebuilding (one list per centroid), which HNSW graphs do not.
+Why faiss's IVF (measured with ``python benchmarks/curate.py --ann``: 10^5 planted 128-d unit
+vectors, one thread, every vector a query, k=10): IVF (1,024 lists, nprobe 8) built in 1.9 s and
+answered in 6.0 s, recall@10 0.93 against exact search; HNSW graphs at M=16, ef 64/48 took
+5-9x longer to build and 1.5-3x longer to query, for a recall of 0.83-0.85: faiss HNSW 10.8 s +
+9.3 s, hnswlib 11.3 + 8.9 s, usearch 16.8 + 18.0 s (f16: 10.7 + 10.7 s). What identities need
+is the same-person neighbours within the threshold, which lie in a face's own list and the
+adjacent ones (the benchmark's pairwise F at 10^6 faces). IVF shards also merge without being
+rebuilt (one list per centroid), which HNSW graphs do not.
 
 A saved index is a folder at any fsspec URL: ``index.json`` (what it holds), ``centroids.npy``,
 and per shard ``shard-NNNNN.faiss`` (faiss's serialisation) and ``rows-NNNNN.parquet`` (each
