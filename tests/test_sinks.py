@@ -132,6 +132,12 @@ def test_webdataset_round_trip(extracted, tmp_path):
         assert len(rows) == (5 if i < shards - 1 else n - 5 * (shards - 1))
         assert "crop" not in rows.columns and rows["cls"].tolist() == [
             classes.index(faces[k]["person"]) for k in rows["key"]]  # fmt: skip
+    datasets = pytest.importorskip("datasets")  # its webdataset reader takes the shards too
+    hf = datasets.load_dataset("webdataset", data_files={"train": str(out / "faces-*.tar")},
+                               cache_dir=str(tmp_path / "hf_cache"))["train"]  # fmt: skip
+    assert sorted(hf["__key__"]) == sorted(faces) and type(hf.features["png"]).__name__ == "Image"
+    row = hf[0]
+    assert row["json"]["landmarks"] == [float(v) for v in faces[row["__key__"]]["landmarks"]]
 
 
 def test_webdataset_by_bytes_from_crop_files_to_s3(extracted, tmp_path, s3, monkeypatch):
@@ -271,6 +277,11 @@ def test_a_folder_that_is_not_an_export_is_refused_and_a_finished_one_kept(extra
     again = faceetl.write_imagefolder(extracted, out, label="identity", overwrite=True,
                                       progress=False)  # fmt: skip
     assert sorted(e.name for e in os.scandir(out) if e.is_dir()) == again.classes == ["0", "1", "2"]
+    empty = faceetl.write_webdataset(extracted[extracted["status"] != "ok"], tmp_path / "none",
+                                     progress=False)  # fmt: skip
+    assert empty.samples == 0 and empty.splits[""].files == 0
+    assert json.loads((tmp_path / "none" / "index.json").read_text())["splits"]["all"] == {
+        "pattern": None, "shards": 0, "samples": 0}  # fmt: skip
     with pytest.raises(KeyError, match="no column 'nope'"):
         faceetl.write_webdataset(extracted, tmp_path / "x", label="nope", progress=False)
 

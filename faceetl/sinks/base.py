@@ -162,9 +162,12 @@ class Source:
 def read_part(url: str, columns: list[str] | None, storage_options: dict[str, Any] | None
               ) -> pd.DataFrame:  # fmt: skip
     """One parquet file of a faces dataset, ``columns`` only, with faceetl's dtypes."""
-    from ..schema import read_faces
+    import pyarrow.parquet as pq
 
-    return read_faces(url, columns=columns, storage_options=storage_options, lazy=False)
+    from ..schema import _arrow_types
+
+    fs, inner = storage.filesystem(url, storage_options)
+    return pq.read_table(inner, columns=columns, filesystem=fs).to_pandas(types_mapper=_arrow_types)
 
 
 def _select(part: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -190,19 +193,30 @@ class Target:
     def path(self, *rel: str) -> str:
         return self.out.path(*rel)
 
+    def _format(self, rel: str) -> str | None:
+        """The format a note of an export names (``index.json``, the started run's); None
+        without the note, "" for a file by that name that is no such note."""
+        data = self.out.read(rel)
+        if data is None:
+            return None
+        try:
+            return str(json.loads(data).get("format") or "")
+        except (ValueError, AttributeError):
+            return ""
+
     def begin(self) -> None:
         names = list_names(self.url, self.out.storage_options)
-        for rel, state in ((INDEX, "a finished"), (STARTED, "an unfinished")):
-            held = self.out.read(rel) if rel == STARTED or rel in names else None
-            fmt = json.loads(held).get("format") if held else None
-            if fmt is not None and fmt != self.fmt:
+        finished = self._format(INDEX) if INDEX in names else None
+        started = self._format(STARTED) if WORK in names else None
+        for fmt, state in ((finished, "a finished"), (started, "an unfinished")):
+            if fmt and fmt != self.fmt:
                 raise FileExistsError(f"{self.url} holds {state} {fmt} export: use another folder")
-        if INDEX in names and not self.overwrite:
+        if finished and not self.overwrite:
             raise FileExistsError(
                 f"{self.url} holds a finished export (index.json): overwrite=True replaces it"
             )
         others = [n for n in names if n != WORK]
-        if others and INDEX not in names and self.out.read(STARTED) is None:
+        if others and not finished and not started:
             raise FileExistsError(
                 f"{self.url} holds files that no faceetl export wrote ({others[0]}, ...): "
                 "export to a new folder"

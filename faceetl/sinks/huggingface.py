@@ -117,10 +117,10 @@ def write_huggingface(
     """Write the ok faces of ``faces`` (a Dask or pandas face frame, or a faces dataset's URL)
     as a Hugging Face dataset in ``url``: ``data/<split>-00000-of-00004.parquet``, each row
     ``key``, ``image`` (the crop: ``datasets.Image``), ``label`` (with ``label=``: a
-    ``ClassLabel`` over the sorted classes, also in ``classes.txt``) and the face's columns but
-    the crop bytes. Without ``split`` every face is in ``train``; ``split=`` as in
-    :func:`faceetl.write_webdataset` gives ``train`` and ``validation`` (``datasets``' names). Files hold ``shard_size`` faces (default 1000), or about ``shard_bytes``.
-    Read it with ``datasets.load_dataset(url)`` (a local folder) or :func:`load_huggingface`.
+    ``ClassLabel`` over the sorted classes, also in ``classes.txt``) and the face's columns
+    except the crop bytes. Without ``split`` every face is in ``train``; ``split=`` as in
+    :func:`faceetl.write_webdataset` gives ``train`` and ``validation`` (``datasets``' names).
+    Files hold ``shard_size`` faces (default 1000), or about ``shard_bytes``. Read it with ``datasets.load_dataset(url)`` (a local folder) or :func:`load_huggingface`.
     """
     split = Split.parse(split)
     if shard_size is None and shard_bytes is None:

@@ -62,6 +62,8 @@ def folder_name(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)
     text = str(value)
+    # not urllib.parse.quote: it escapes spaces and every non-ASCII letter too, and names like
+    # "José Ortega" should stay readable; only what a folder name cannot hold is escaped
     name = _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", text)
     if name.startswith("."):
         name = "%2E" + name[1:]

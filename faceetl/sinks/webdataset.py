@@ -60,6 +60,8 @@ class ShardJob:
     storage_options: dict[str, Any] | None
 
 
+# Sizes counted by hand: tarfile cannot say how large a member or an archive will be before
+# writing it, and the shards are cut by size on the driver, before any is written.
 def _member(size: int) -> int:
     return BLOCK + -(-size // BLOCK) * BLOCK
 
@@ -126,7 +128,7 @@ def write_webdataset(
     as WebDataset shards in ``url`` (a folder: local or any fsspec URL).
 
     Each sample is ``<key>.png`` (or ``.jpg``/``.webp``: the crop as stored), ``<key>.json``
-    (the row's columns but bytes) and, with ``label=`` (any column: ``identity``, a carried
+    (the row's columns except bytes) and, with ``label=`` (any column: ``identity``, a carried
     label), ``<key>.cls`` (the class index; the classes, sorted, in ``classes.txt``). Shards
     hold ``shard_size`` faces (default 1000) or, with ``shard_bytes``, as many as keep the tar
     within that size; ``faces-000000.parquet`` beside each shard holds its faces' rows with
