@@ -152,7 +152,7 @@ def test_webdataset_by_bytes_from_crop_files_to_s3(extracted, tmp_path, s3, monk
     assert got.pattern.startswith(f"{s3['bucket']}/sets/wds/faces-{{000000..")
     names = fs.ls(f"{s3['bucket']}/sets/wds", detail=True)
     tars = sorted(e["name"] for e in names if e["name"].endswith(".tar"))
-    assert len(tars) == got.splits[""].files >= 2
+    assert len(tars) == got.splits["all"].files >= 2
     assert all(e["size"] <= limit for e in names if e["name"].endswith(".tar"))
     assert not [e["name"] for e in fs.find(f"{s3['bucket']}/sets/wds/.faceetl")]
     # webdataset reads a URL its own way (curl, gsutil, pipe:): S3 through s3fs here
@@ -279,7 +279,7 @@ def test_a_folder_that_is_not_an_export_is_refused_and_a_finished_one_kept(extra
     assert sorted(e.name for e in os.scandir(out) if e.is_dir()) == again.classes == ["0", "1", "2"]
     empty = faceetl.write_webdataset(extracted[extracted["status"] != "ok"], tmp_path / "none",
                                      progress=False)  # fmt: skip
-    assert empty.samples == 0 and empty.splits[""].files == 0
+    assert empty.samples == 0 and empty.splits["all"].files == 0
     assert json.loads((tmp_path / "none" / "index.json").read_text())["splits"]["all"] == {
         "pattern": None, "shards": 0, "samples": 0}  # fmt: skip
     with pytest.raises(KeyError, match="no column 'nope'"):

@@ -29,6 +29,7 @@ import pyarrow as pa
 from .. import storage
 from ..pipeline.lock import Lock
 from ..pipeline.manifest import Output, arrow_table, list_names
+from .plan import sample_key
 
 INDEX = "index.json"
 CLASSES = "classes.txt"
@@ -71,8 +72,9 @@ class SplitFiles:
 
 @dataclass(frozen=True)
 class Export:
-    """What an export wrote: its folder, format, each side's files ("" without a split, else
-    "train" and "val"), the class names (index i: class i) and the faces skipped, by reason."""
+    """What an export wrote: its folder, format, each side's files ("all" without a split,
+    else "train" and "val"; "validation" for Hugging Face), the class names (index i: class i)
+    and the faces skipped, by reason."""
 
     url: str
     format: str
@@ -96,7 +98,7 @@ class Export:
         lines = [f"faceetl: {self.format}: {self.samples} faces -> {self.url}"]
         for side, s in self.splits.items():
             where = s.location or "(none)"
-            lines.append(f"  {side or 'all'}: {s.samples} faces in {s.files} files: {where}")
+            lines.append(f"  {side}: {s.samples} faces in {s.files} files: {where}")
         if self.skipped:
             said = ", ".join(f"{n} {why}" for why, n in self.skipped.items())
             lines.append(f"  skipped: {said}")
@@ -363,7 +365,8 @@ def _plain(value: Any) -> Any:
 def json_rows(rows: pd.DataFrame, keys: Sequence[str]) -> list[bytes]:
     """Each row's columns as strict JSON (lists, numbers, text, null; no bytes), with its key
     first."""
-    cols = [c for c in rows.columns if c not in binary_columns(rows) and not c.startswith("_")]
+    binary = binary_columns(rows)
+    cols = [c for c in rows.columns if c not in binary and not c.startswith("_")]
     table = pa.Table.from_pandas(rows[cols], preserve_index=False)
     return [
         json.dumps({"key": k, **_plain(r)}, allow_nan=False, ensure_ascii=False,
@@ -395,8 +398,6 @@ def rows_table(rows: pd.DataFrame, target: pa.Schema) -> pa.Table:
 def gather(plan: pd.DataFrame, parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The rows ``plan`` names (its ``_part``, ``_pos``), in its order, from ``parts`` (one per
     distinct ``_part``, in order), with the plan's columns beside; each row's key is checked."""
-    from .plan import sample_key
-
     pieces = []
     for (_, sub), part in zip(plan.groupby("_part", sort=False), parts, strict=True):
         pieces.append(part.iloc[sub["_pos"].to_numpy()])

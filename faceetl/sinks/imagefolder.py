@@ -29,12 +29,11 @@ from .base import (
     gather,
     image_ext,
     io_pool,
-    relative,
     report,
     run_tasks,
     task,
 )
-from .plan import KEY_RE, Split, check_columns, lay_out, sides, survey
+from .plan import ALL, KEY_RE, Split, check_columns, lay_out, sides, survey
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,13 @@ def write_files(name: str, plan: pd.DataFrame, job: FolderJob, *parts: pd.DataFr
     stores each file is a request); returns the faces written per side."""
     rows = gather(plan, parts)
     images = crops(rows, job.storage_options)
-    sides_ = plan["side"].tolist()
-    folders = rows["_folder"].tolist()
+    sides_, keys, folders = plan["side"].tolist(), plan["key"].tolist(), rows["_folder"].tolist()
 
     def put(i: int) -> None:
         where = [sides_[i]] if sides_[i] else []
-        url = storage.join(job.root, *where, folders[i], f"{plan['key'].iloc[i]}.{image_ext(images[i])}")
-        storage.write_atomic(url, images[i], job.storage_options)
+        name = f"{keys[i]}.{image_ext(images[i])}"
+        storage.write_atomic(storage.join(job.root, *where, folders[i], name), images[i],
+                             job.storage_options)  # fmt: skip
 
     list(io_pool().map(put, range(len(rows))))
     return {"samples": pd.Series(sides_).value_counts().to_dict()}
@@ -97,17 +96,16 @@ def write_imagefolder(
             tasks.append(task(write_files, str(part), sub, job, parts, key))
             weights.append(len(sub))
         run_tasks(tasks, weights, progress, "imagefolder")
-        found = {}
+        found, index_splits = {}, {}
         for side in sides(split):
             rows = lay.rows[lay.rows["side"] == side]
             folder = target.path(side) if side else target.url
-            found[side] = SplitFiles(folder, len(rows), len(rows))
+            found[side or ALL] = SplitFiles(folder, len(rows), len(rows))
+            index_splits[side or ALL] = {"folder": side or ".", "files": len(rows),
+                                         "samples": len(rows),
+                                         "classes": int(rows["_folder"].nunique())}  # fmt: skip
         index = {
-            "splits": {side or "all": {"folder": relative(target, s.location) or ".",
-                                       "files": s.files, "samples": s.samples,
-                                       "classes": int(lay.rows.loc[lay.rows["side"] == side,
-                                                                   "_folder"].nunique())}
-                       for side, s in found.items()},
+            "splits": index_splits,
             "label": label, "classes": lay.classes, "split": split.record() if split else None,
             "skipped": lay.skipped,
         }  # fmt: skip

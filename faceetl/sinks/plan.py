@@ -25,6 +25,7 @@ from ..pipeline.names import HASH_HEX, fit
 
 #: the two sides of a split, as folders and in ``index.json``
 TRAIN, VAL = "train", "val"
+ALL = "all"  # the one side of an export without a split (its files at the folder's root)
 #: characters of a file name kept in a sample key; the rest become '-'
 _SLUG = re.compile(r"[^0-9A-Za-z]+")
 #: a sample key: an optional slug of the file name, 16 hex digits of the path's sha256, the face

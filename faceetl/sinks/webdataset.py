@@ -43,7 +43,7 @@ from .base import (
     table_schema,
     task,
 )
-from .plan import Split, check_columns, lay_out, shard_numbers, sides, survey
+from .plan import ALL, Split, check_columns, lay_out, sample_key, shard_numbers, sides, survey
 
 BLOCK = 512  # a tar member: a header block, then its data padded to whole blocks
 RECORD = 20 * BLOCK  # a tar file ends with two zero blocks and is padded to whole records
@@ -75,8 +75,6 @@ def _sample_bytes(rows: pd.DataFrame, storage_options: dict[str, Any] | None,
                   label: bool) -> np.ndarray:  # fmt: skip
     """Each face's bytes in a shard: its crop's and its JSON's members, and the class index's
     (one block of data whatever the number)."""
-    from .plan import sample_key
-
     keys = [sample_key(p, f) for p, f in zip(rows["path"], rows["face"], strict=True)]
     jsons = json_rows(rows, keys)
     image = crop_sizes(rows, storage_options)
@@ -92,6 +90,7 @@ def write_shard(name: str, plan: pd.DataFrame, job: ShardJob, *parts: pd.DataFra
     keys = plan["key"].tolist()
     images = crops(rows, job.storage_options)
     jsons = json_rows(rows, keys)
+    classes = rows["_cls"].tolist() if job.label else []
     exts = set()
     with storage.open_atomic(f"{name}.tar", job.storage_options) as f:
         # mtime fixed: the same faces give the same bytes in every run
@@ -101,7 +100,7 @@ def write_shard(name: str, plan: pd.DataFrame, job: ShardJob, *parts: pd.DataFra
                 exts.add(ext)
                 sample = {"__key__": key, ext: images[i], "json": jsons[i]}
                 if job.label:
-                    sample["cls"] = str(int(rows["_cls"].iloc[i])).encode()
+                    sample["cls"] = str(classes[i]).encode()
                 sink.write(sample)
     table = rows.drop(columns=[c for c in rows.columns if c.startswith("_")])
     table.insert(0, "key", keys)
@@ -171,11 +170,11 @@ def write_webdataset(
                 weights.append(len(sub))
             n = int(numbers.max()) + 1 if len(rows) else 0
             where = pattern(storage.join(folder, f"{prefix}-"), n, 6, ".tar") if n else ""
-            found[side] = SplitFiles(where, n, len(rows))
+            found[side or ALL] = SplitFiles(where, n, len(rows))
         done = run_tasks(tasks, weights, progress, "webdataset")
         exts = sorted({e for d in done for e in d["exts"]})
         index = {
-            "splits": {side or "all": {"pattern": relative(target, s.location) or None,
+            "splits": {side: {"pattern": relative(target, s.location) or None,
                                        "shards": s.files, "samples": s.samples}
                        for side, s in found.items()},
             "parquet": "beside each shard: <shard>.parquet, its faces' rows and keys",
