@@ -42,6 +42,10 @@ _LAZY = {
     "identities": "curate.identities",
     "search": "curate.identities",
     "FaceIndex": "curate.identities",
+    "write_webdataset": "sinks",
+    "write_huggingface": "sinks",
+    "load_huggingface": "sinks",
+    "write_imagefolder": "sinks",
 }
 
 
@@ -90,6 +94,10 @@ __all__ = [
     "read_fairface",
     "read_faces",
     "write_faces",
+    "write_webdataset",
+    "write_huggingface",
+    "load_huggingface",
+    "write_imagefolder",
     "read_images",
     "register_backend",
     "register_predictor",

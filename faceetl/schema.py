@@ -141,6 +141,22 @@ def faces_dataset(path: str, storage_options: dict[str, Any] | None = None) -> s
     return path
 
 
+def part_files(fs: Any, inner: str) -> list[dict[str, Any]]:
+    """The parquet files (fsspec info dicts) of a faces file or dataset folder ``inner`` on
+    ``fs``, as Dask and pyarrow read a dataset: no name below it starting with '_' or '.'."""
+    fs.invalidate_cache(inner)  # other processes wrote here: no cached listing may answer
+    if not fs.isdir(inner):
+        return [fs.info(inner)]
+    return [
+        f
+        for f in fs.find(inner, detail=True).values()
+        if f["name"].endswith(".parquet")
+        and not any(
+            part.startswith(("_", ".")) for part in f["name"][len(inner) :].split("/") if part
+        )
+    ]
+
+
 def read_faces(
     path: str | Any,
     columns: list[str] | None = None,
@@ -162,18 +178,7 @@ def read_faces(
 
     url = faces_dataset(str(path), storage_options)
     fs, inner = storage.filesystem(url, storage_options)
-    fs.invalidate_cache(inner)  # other processes wrote here: no cached listing may answer
-    if fs.isdir(inner):
-        files = [
-            f
-            for f in fs.find(inner, detail=True).values()
-            if f["name"].endswith(".parquet")
-            and not any(
-                part.startswith(("_", ".")) for part in f["name"][len(inner) :].split("/") if part
-            )
-        ]
-    else:
-        files = [fs.info(inner)]
+    files = part_files(fs, inner)
     if lazy is None:
         lazy = sum(int(f.get("size") or 0) for f in files) > LAZY_BYTES
     if not files:  # an output with no part committed yet

@@ -9,12 +9,13 @@ applies without code here.
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import os
 import posixpath
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO
 
 LOCAL_PROTOCOLS = ("file", "local")
 
@@ -115,6 +116,43 @@ def write_atomic(url: str, data: bytes, storage_options: dict[str, Any] | None =
     if parent and getattr(fs, "auto_mkdir", True) is False:
         fs.makedirs(parent, exist_ok=True)
     fs.pipe_file(path, data)
+
+
+@contextlib.contextmanager
+def open_atomic(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[BinaryIO]:
+    """A file to stream into that appears at ``url`` whole when the block ends, or not at all.
+
+    For files too large to hold as one ``bytes`` (:func:`write_atomic` takes those). Locally: a
+    hidden temporary beside it, renamed at the end. On URLs: fsspec's deferred commit
+    (``autocommit=False``): on S3 one PUT or a multipart upload completed at the end and
+    aborted on an error, so no reader ever sees part of it.
+    """
+    if not is_url(url):
+        path = local_path(url)
+        folder, name = os.path.split(path)
+        os.makedirs(folder or ".", exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return
+    fs, path = filesystem(url, storage_options)
+    parent = posixpath.dirname(path)
+    if parent and getattr(fs, "auto_mkdir", True) is False:
+        fs.makedirs(parent, exist_ok=True)
+    f = fs.open(path, "wb", autocommit=False)
+    try:
+        yield f
+        f.close()
+        f.commit()
+    except BaseException:
+        f.discard()
+        raise
 
 
 def remove(urls: Sequence[str], storage_options: dict[str, Any] | None = None) -> None:

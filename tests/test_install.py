@@ -45,6 +45,7 @@ BRINGS = {
     "gpu": {"dask-cuda"},
     "export": {"onnx", "onnxscript", "onnxruntime"},
     "eval": {"scipy"},
+    "formats": {"webdataset", "datasets"},
     "s3": {"s3fs"},
     "gcs": {"gcsfs"},
     "azure": {"adlfs"},

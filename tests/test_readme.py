@@ -28,6 +28,7 @@ GIVEN = {
     "faceetl[dlib]": lambda: installed("dlib"),
     "faceetl[export]": lambda: installed("onnx") and installed("onnxruntime"),
     "faceetl[curate]": lambda: installed("faiss"),
+    "faceetl[formats]": lambda: installed("webdataset") and installed("datasets"),
     "an S3 bucket (the README test runs this on moto's S3 server, faceetl[s3])": lambda: (
         installed("s3fs")
     ),
