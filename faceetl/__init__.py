@@ -15,7 +15,6 @@ from .backends.base import (
     register_backend,
 )
 from .compare import compare, verify
-from .curate.duplicates import duplicates
 from .images import ImageError, decode_png, load_image
 from .pife import Pife
 from .pipeline.cluster import cluster
@@ -39,6 +38,7 @@ _LAZY = {
     "eval": "eval",
     "show": "drawing",
     "curate": "curate",
+    "duplicates": "curate.duplicates",
     "identities": "curate.identities",
     "search": "curate.identities",
     "FaceIndex": "curate.identities",

@@ -24,8 +24,8 @@ from faceetl import schema
 from faceetl.align import align_face
 from faceetl.boxes import box_iou
 from faceetl.curate import PRESETS
-from faceetl.curate.pose import MEAN_FACE_68, OPENFACE_MEAN_68, head_pose
-from faceetl.curate.quality import QUALITY_ALIGN, crop_measures
+from faceetl.measures.pose import MEAN_FACE_68, OPENFACE_MEAN_68, head_pose
+from faceetl.measures.quality import QUALITY_ALIGN, crop_measures
 from faceetl.predictors.quality import COLUMNS
 from helpers import IMAGES, load_rgb
 
@@ -93,7 +93,7 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 @pytest.mark.parametrize("pose", [(20, 0, 0), (0, 15, 0), (0, 0, 10), (-35, -10, 25)])
 def test_a_projected_mean_face_gives_back_its_pose_with_the_documented_signs(pose) -> None:
-    from faceetl.curate.pose import MEAN_FACE_5
+    from faceetl.measures.pose import MEAN_FACE_5
 
     side = 1000.0
     cam = np.array([[side, 0, side / 2], [0, side, side / 2], [0, 0, 1]])

@@ -1,8 +1,8 @@
 """From faces to a training set: quality and head pose (filters over them here), duplicates
 (:mod:`.duplicates`), identities and search (:mod:`.identities` on the :mod:`.index`).
 
-The quality measures are pure functions (:mod:`.quality`: ``face_size``, ``box_side``, ``blur``,
-``brightness``, ``contrast``; :mod:`.pose`: ``yaw``, ``pitch``, ``roll``); the ``quality``
+The quality measures are pure functions (:mod:`faceetl.measures`: ``face_size``, ``box_side``,
+``blur``, ``brightness``, ``contrast``, ``yaw``, ``pitch``, ``roll``); the ``quality``
 predictor adds them as columns (``faceetl.predict(faces, "quality")`` or
 ``extract_faces(..., predict="quality")``). Filtering is then plain pandas or Dask:
 ``faces.query(PRESETS["frontal"])``. A comparison with NaN is false, so every preset also drops

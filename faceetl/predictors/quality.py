@@ -1,7 +1,7 @@
 """Quality and head pose of each face: size, sharpness, exposure, yaw / pitch / roll.
 
 No model: measures on the face's row (landmarks, ``shape``, box, image size) and on its grey
-ArcFace crop at 112 px (:data:`faceetl.curate.quality.QUALITY_ALIGN`, the same for every
+ArcFace crop at 112 px (:data:`faceetl.measures.quality.QUALITY_ALIGN`, the same for every
 backend). Made in the extraction pass from the images in memory
 (``extract_faces(..., predict="quality")``), or added to an existing output by
 ``faceetl.predict(faces, "quality")`` without detecting again (the stored crop is used where it
@@ -15,7 +15,7 @@ the image's right, pitch > 0: it looks up, roll > 0: turned clockwise in the ima
 NaN without five finite landmarks or a 68-point shape, or where no pose fits) and
 ``pose_points`` (Int64: 68 when dlib's 68-point ``shape`` gave the pose, 5 when the five
 landmarks did, null when neither is complete). See
-:mod:`faceetl.curate.quality` and :mod:`faceetl.curate.pose` for the definitions.
+:mod:`faceetl.measures.quality` and :mod:`faceetl.measures.pose` for the definitions.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ..align import AlignSpec
-from ..curate.pose import head_pose
-from ..curate.quality import (
+from ..measures.pose import head_pose
+from ..measures.quality import (
     QUALITY_ALIGN,
     box_side,
     crop_measures,
