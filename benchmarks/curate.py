@@ -33,8 +33,8 @@ PER_IDENTITY = 10  # faces per planted identity, on average
 VEC = pd.ArrowDtype(pa.list_(pa.float32()))
 
 
-def real_distances() -> dict[str, float]:
-    """Same/other-person distances of the unit dlib descriptors of the shared identities."""
+def real_descriptors() -> tuple[np.ndarray, np.ndarray]:
+    """dlib's raw descriptors of the shared identities' chips, and their folder labels."""
     import cv2
     import dlib
 
@@ -45,7 +45,31 @@ def real_distances() -> dict[str, float]:
     model = dlib.face_recognition_model_v1(str(dlib_model_path()))
     chips = [cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB) for f in files]
     v = np.array([np.asarray(d) for d in model.compute_face_descriptor(chips, 0)], np.float32)
-    return _stats(v / np.linalg.norm(v, axis=1, keepdims=True), labels)
+    return v, labels
+
+
+def against_dlib(v: np.ndarray, labels: np.ndarray) -> None:
+    """faceetl.identities and dlib.chinese_whispers_clustering on the same real descriptors."""
+    import dlib
+
+    from faceetl.curate.graph import pair_scores
+    from faceetl.curate.identities import identities
+
+    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
+    faces_ = pd.DataFrame({"path": [f"{i}.jpg" for i in range(len(v))], "face": 0,
+                           "embedding_vector_normalized": pd.Series(list(unit), dtype=VEC)})  # fmt: skip
+    rows = {"faceetl.identities (unit, 0.4)": identities(faces_)["identity"].to_numpy(np.int64)}
+    raw = [dlib.vector(np.asarray(x, float)) for x in v]
+    for t in (0.5, 0.6):
+        rows[f"dlib.chinese_whispers (raw, {t})"] = np.asarray(
+            dlib.chinese_whispers_clustering(raw, t)
+        )
+    print(f"\n{'shared/images/identities, 55 faces':36s} {'pair P':>7s} {'pair R':>7s} "
+          f"{'pair F':>7s} {'BCubed F':>8s}")  # fmt: skip
+    for name, pred in rows.items():
+        sc = pair_scores(labels, pred)
+        print(f"{name:36s} {sc['pairwise_precision']:7.3f} {sc['pairwise_recall']:7.3f} "
+              f"{sc['pairwise_f']:7.3f} {sc['bcubed_f']:8.3f}")  # fmt: skip
 
 
 def _stats(u: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -224,7 +248,9 @@ def main() -> None:
     if args.ann:
         ann()
         return
-    real = real_distances()
+    v, labels = real_descriptors()
+    against_dlib(v, labels)
+    real = _stats(v / np.linalg.norm(v, axis=1, keepdims=True), labels)
     spread, planted = fit_spread(real)
     print("unit-vector distances   same mean/sd/max        other mean/sd/min")
     for name, st in (
