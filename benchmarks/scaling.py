@@ -9,9 +9,13 @@ times, so that partitions are many and small enough that imbalance does not deci
 - ``threads, per thread`` / ``threads, lock``: Dask's threaded scheduler with 2 threads, each
   thread with its own detector (what faceetl does for backends that are not thread-safe) or one
   detector shared behind a lock.
-Everything is timed on a second pass (models loaded, workers warm); ratios are against the loop.
+Everything is timed after a warm-up pass over the photos (models loaded, workers warm); ratios
+are against the loop. ``--seconds S`` repeats each backend's photos until its loop takes about S
+seconds (measured on the warm-up), so that fixed costs (start-up, the last wave of partitions) do
+not decide a fast backend's figures; ``--no-threads`` leaves out the threaded-scheduler rows.
 
     python benchmarks/scaling.py --repeat 4
+    python benchmarks/scaling.py --seconds 20 --no-threads
 """
 
 from __future__ import annotations
@@ -68,11 +72,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backends", nargs="*", default=list(BACKENDS))
     ap.add_argument("--repeat", type=int, default=4, help="times each photo is processed")
+    ap.add_argument("--seconds", type=float, help="repeat each backend's photos to ~this loop time")
+    ap.add_argument("--no-threads", action="store_true", help="no threaded-scheduler rows")
     args = ap.parse_args()
 
     photos = sorted((SHARED / "images" / "group").glob("*.jpg"))
     photos += sorted((SHARED / "images" / "single").glob("*.jpg"))
-    paths = [str(p) for p in photos] * args.repeat
+    base = [str(p) for p in photos]
+    paths = base * args.repeat
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     spec = AlignSpec()
@@ -81,23 +88,27 @@ def main() -> None:
                for n in (1, 2)}  # fmt: skip
     for name in args.backends:
         params = BACKENDS.get(name, {})
+        warm = pd.DataFrame({"path": pd.Series(base, dtype=faceetl.schema.STRING)})
+        rate = len(base) / _timed(lambda: extract_partition(warm, name, params, spec))  # noqa: B023
+        if args.seconds:  # every photo as often as it takes the loop ~args.seconds
+            paths = base * max(1, round(args.seconds * rate / len(base)))
         part = pd.DataFrame({"path": pd.Series(paths, dtype=faceetl.schema.STRING)})
-        extract_partition(part, name, params, spec)  # warm: model, every shape
         loop = len(paths) / _timed(lambda: extract_partition(part, name, params, spec))  # noqa: B023
-        row = {"backend": name, "loop img/s (1 core)": loop}
+        row = {"backend": name, "images": len(paths), "loop img/s (1 core)": loop}
         for n, client in clients.items():
             with client.as_current():
                 client.run(_load, name, params)
-                faceetl.compute(
-                    faceetl.extract_faces(paths, backend=name, **params), progress=False
+                faceetl.compute(  # warm: every worker's model and shapes
+                    faceetl.extract_faces(base * n, backend=name, **params), progress=False
                 )
                 faces = faceetl.extract_faces(paths, backend=name, **params)
                 secs = _timed(lambda: faceetl.compute(faces, progress=False))  # noqa: B023
             row[f"{n} worker{'s' if n > 1 else ''} img/s"] = len(paths) / secs
-        for label, backend, kw in (
+        threads = () if args.no_threads else (
             ("threads, per thread", name, params),
             ("threads, lock", "locked", {"inner": name, **params}),
-        ):
+        )  # fmt: skip
+        for label, backend, kw in threads:
             with dask.config.set(scheduler="threads", num_workers=2):
                 faceetl.compute(faceetl.extract_faces(paths, backend=backend, **kw), progress=False)
                 faces = faceetl.extract_faces(paths, backend=backend, **kw)
@@ -110,7 +121,7 @@ def main() -> None:
     for client in clients.values():
         client.close()
     pd.set_option("display.width", 250)
-    print(f"\n{len(paths)} images per measurement, {os.cpu_count()} cores")
+    print(f"\nimages per measurement: the row 'images'; {os.cpu_count()} cores")
     print(pd.DataFrame(rows).set_index("backend").T.round(2).to_string())
 
 

@@ -277,6 +277,32 @@ def test_cluster_caps_workers_at_cores_and_closes_with_its_client():
     assert lc2.status.name == "closed"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cluster_workers_cap_their_libraries_at_their_share_of_the_cores(workers):
+    """OpenCV's pool (uncapped, it took every core in each worker), torch's and the BLAS
+    variables are held to cores // workers, and each worker's log says so."""
+    import faceetl
+    from faceetl.pipeline.cluster import cpu_cores
+
+    share = max(1, cpu_cores() // workers)
+
+    def threads() -> tuple:
+        import cv2
+        import torch
+
+        env = __import__("os").environ
+        return (cv2.getNumThreads(), torch.get_num_threads(), env["OMP_NUM_THREADS"],
+                env["MKL_NUM_THREADS"], env["OPENBLAS_NUM_THREADS"])  # fmt: skip
+
+    with faceetl.cluster(concurrency=workers, dashboard_address=None, quiet=True) as c:
+        got = c.run(threads)
+        logs = c.get_worker_logs()
+    assert len(got) == workers
+    assert set(got.values()) == {(share, share, str(share), str(share), str(share))}
+    said = f"faceetl: {share} of {cpu_cores()} cores for this worker ({workers} workers)"
+    assert all(any(said in line for _, line in lines) for lines in logs.values()), logs
+
+
 def test_cluster_workers_lose_the_trim_threshold_an_earlier_dask_cluster_left(monkeypatch):
     """distributed's Nanny writes Dask's pre-spawn environment (MALLOC_TRIM_THRESHOLD_, which
     made RetinaFace workers 1.5x slower) into this process's environment: a plain Dask cluster

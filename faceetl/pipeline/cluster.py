@@ -111,8 +111,14 @@ def script_safe_nanny() -> type:
 ENV_IO_THREADS = "FACEETL_IO_THREADS"
 
 
-def _worker_environ(io_threads: int | None = None) -> dict[str, Any]:
-    """Dask's environment for new workers, without ``MALLOC_TRIM_THRESHOLD_``.
+#: the thread-count variables of the OpenMP, MKL and OpenBLAS pools a worker's libraries start
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _worker_environ(io_threads: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Dask's environment for new workers, without ``MALLOC_TRIM_THRESHOLD_``; with
+    ``threads``, the OpenMP/MKL/OpenBLAS pools sized to the worker's share of the cores (Dask's
+    default is 1 each).
 
     Setting that variable turns off glibc's adaptive mmap threshold, so every large tensor or
     image buffer is a fresh mmap with page faults: measured here, a RetinaFace worker ran at
@@ -132,7 +138,44 @@ def _worker_environ(io_threads: int | None = None) -> dict[str, Any]:
         del os.environ["MALLOC_TRIM_THRESHOLD_"]
     if io_threads is not None:
         env[ENV_IO_THREADS] = str(io_threads)
+    if threads is not None:
+        # the Nanny takes this process's variables over its config, and writes its own into
+        # them: a value an earlier faceetl cluster left here is taken away, the user's stays
+        for k in THREAD_VARIABLES:
+            if k in _LEFT and os.environ.get(k) == _LEFT[k]:
+                del os.environ[k]
+        env.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
+        _LEFT.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
     return env
+
+
+#: the thread variables the last faceetl cluster started here set (the Nanny leaves them behind)
+_LEFT: dict[str, str] = {}
+
+
+def thread_share(threads: int, cores: int, workers: int) -> Any:
+    """A worker plugin that holds each worker's libraries to its share of the cores: OpenCV's
+    own pool (``cv2.setNumThreads``; its parallel loops otherwise take every core, so one
+    "single-threaded" worker used two and two workers oversubscribed them) and torch's, beside
+    the OpenMP/MKL/OpenBLAS variables set before the process starts; it says so in the worker's
+    log (the dashboard's worker logs, ``client.get_worker_logs()``)."""
+    from distributed import WorkerPlugin
+
+    class ThreadShare(WorkerPlugin):
+        name = "faceetl-thread-share"
+
+        def setup(self, worker: Any) -> None:
+            import cv2
+            import torch
+
+            cv2.setNumThreads(threads)
+            torch.set_num_threads(threads)
+            logging.getLogger("distributed.worker").info(
+                "faceetl: %d of %d cores for this worker (%d workers): OpenCV, torch, OpenMP, "
+                "MKL and OpenBLAS capped at %d thread(s)", threads, cores, workers, threads,
+            )  # fmt: skip
+
+    return ThreadShare()
 
 
 def cpu_cores() -> int:
@@ -188,9 +231,14 @@ def cluster(
     # share of the cores (decode fallback, PNG encoding); a CPU worker's own core is busy
     # detecting, so one more thread there keeps the next batch decoding without oversubscribing
     io_threads = max(2, cpu_cores() // max(1, ngpu)) if use_gpu else 1
+    if not use_gpu and concurrency is None:  # the worker map's default, at most one per core
+        n = min(n or cpu_cores(), cpu_cores())
+    workers = max(1, ngpu) if use_gpu else max(1, n or cpu_cores())
+    share = max(1, cpu_cores() // workers)  # each worker's libraries: its share of the cores
+    environ = _worker_environ(io_threads, share)
     with (
         _script_not_reimported(),
-        dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(io_threads)}),
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
     ):
         if use_gpu:
             try:
@@ -207,8 +255,6 @@ def cluster(
                 **cluster_kwargs,
             )
         else:
-            if concurrency is None:  # the worker map's default, never more processes than cores
-                n = min(n or cpu_cores(), cpu_cores())
             lc = LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
@@ -218,6 +264,7 @@ def cluster(
                 **cluster_kwargs,
             )
     client = _owning_client(lc)
+    client.register_plugin(thread_share(share, cpu_cores(), len(lc.workers)))
     if not quiet:
         kind = "GPU (dask-cuda)" if use_gpu else "CPU"
         print(
