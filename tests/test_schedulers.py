@@ -112,6 +112,7 @@ def predictor_params(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict
         "fairface": {"weights": str(folder / "fairface.pt"), "device": "cpu"},
         "parsing": {"weights": str(folder / "bisenet.pth"), "device": "cpu"},
         "embedding": {},
+        "quality": {},
     }
 
 
@@ -124,7 +125,9 @@ def test_predictors_under_threads_equal_sync(model: str, faces, predictor_params
     }
     sync, threads = (df.sort_values(["path", "face"]).reset_index(drop=True) for df in out.values())
     assert (sync["status"] == "ok").sum() >= 8
-    new = [c for c in sync.columns if c.startswith(f"{model}_") and c != f"{model}_provenance"]
+    from faceetl.predictors.base import output_columns
+
+    new = [c for c in output_columns(model, **params) if c != f"{model}_provenance"]
     assert new
     for c in new:
         a, b = sync[c].tolist(), threads[c].tolist()
