@@ -113,9 +113,12 @@ class FaceIndex:
         queries = _with_embeddings(queries, self.meta.get("model", "dlib"), self.meta["column"])
         column, keep = self.meta["column"], list(self.meta.get("keep", []))
         meta = _matches_meta(keep)
-        if isinstance(queries, pd.DataFrame):
-            return _matches(queries, 0, _now(self._merged()), column, k, nprobe, keep)
         import dask.dataframe as dd
+
+        if isinstance(queries, pd.DataFrame):  # the index is merged where the tasks run (a
+            # cluster's worker, when there is one), not in this process
+            one = dd.from_pandas(queries, npartitions=1, sort=False)
+            return self.search(one, k=k, nprobe=nprobe).compute().reset_index(drop=True)
 
         m = self._merged()
         out = [delayed(_matches)(p, i, m, column, k, nprobe, keep)
