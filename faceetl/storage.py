@@ -98,18 +98,8 @@ def write_atomic(url: str, data: bytes, storage_options: dict[str, Any] | None =
     already all-or-nothing, so the bytes are put directly (a rename there would be a copy).
     """
     if not is_url(url):
-        path = local_path(url)
-        folder, name = os.path.split(path)
-        os.makedirs(folder or ".", exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with open_atomic(url) as f:  # the same hidden temporary and rename
+            f.write(data)
         return
     fs, path = filesystem(url, storage_options)
     parent = posixpath.dirname(path)
