@@ -14,13 +14,17 @@ and the best of ``--repeat`` passes over all photos counts, after one warm-up pa
   directly (300x300 blob, the model's mean, confidence > 0.5; boxes only);
 - dlib: faceetl's default (HOG, upsample 1, 68 points) against dlib's HOG detector and 68-point
   shape predictor called directly;
-- mediapipe: faceetl's default (short model, O-Net's five points on each face), with the
-  second BlazeFace pass on small faces (``refine="blazeface"``) and without refinement, against MediaPipe's own Tasks ``FaceDetector`` on the same model file
-  (``mediapipe_tasks_peer.py``, run in an interpreter that has the ``mediapipe`` package:
-  ``--mediapipe-python``, by default this one if it imports mediapipe; pinned to the same one
-  core) and against the same model through LiteRT called directly with only the work any
-  caller must do (resize to 128, scale to [-1, 1], invoke, scores through a sigmoid) -- a lower
-  bound for any wrapper, not a product;
+- mediapipe: like with like. faceetl's default (short model, O-Net's five points on each face)
+  against MediaPipe plus a landmark pass: MediaPipe's own Tasks ``FaceDetector`` on the same
+  model file, then dlib's 5-point shape predictor on each face it finds, timed together
+  (``mediapipe_tasks_peer.py --landmarks dlib5``). Without refinement (``refine=None``) and with
+  the second BlazeFace pass on small faces (``refine="blazeface"``) against the Tasks
+  ``FaceDetector`` alone (``mediapipe_tasks_peer.py``); ``refine=None`` also against the same
+  model through LiteRT called directly with only the work any caller must do (resize to 128,
+  scale to [-1, 1], invoke, scores through a sigmoid) -- a lower bound for any wrapper, not a
+  product. The Tasks peers run in an interpreter that has the ``mediapipe``, ``dlib-bin`` and
+  ``face_recognition_models`` packages (``--mediapipe-python``, by default this one if it
+  imports mediapipe), pinned to the same one core;
 - mtcnn: faceetl against facenet-pytorch's ``MTCNN(keep_all=True).detect``, one image per
   call, in an interpreter that has it (it pins torch<2.3: ``python -m venv /tmp/fnvenv &&
   /tmp/fnvenv/bin/pip install facenet-pytorch``, then ``--facenet-python
@@ -196,13 +200,20 @@ class ExternalPeer:
 PYTHONS: dict[str, str | None] = {"mediapipe": None, "facenet": None}
 
 
-def peer_mediapipe_tasks() -> ExternalPeer | None:
+def peer_mediapipe_tasks(*flags: str) -> ExternalPeer | None:
+    """MediaPipe's Tasks ``FaceDetector`` on faceetl's short-range model file, alone."""
     from faceetl.weights import fetch
 
     if PYTHONS["mediapipe"] is None:
         return None
     model = str(fetch("mediapipe_face_detection_short_range"))
-    return ExternalPeer(PYTHONS["mediapipe"], "mediapipe_tasks_peer.py", model)
+    return ExternalPeer(PYTHONS["mediapipe"], "mediapipe_tasks_peer.py", model, *flags)
+
+
+def peer_mediapipe_tasks_dlib5() -> ExternalPeer | None:
+    """MediaPipe plus a landmark pass: the Tasks ``FaceDetector``, then dlib's 5-point shape
+    predictor on every face it finds (the peer of faceetl's default, five points a face)."""
+    return peer_mediapipe_tasks("--landmarks", "dlib5")
 
 
 def peer_mtcnn() -> Callable[[np.ndarray], int] | ExternalPeer | None:
@@ -257,7 +268,13 @@ PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
     ("ssd landmarks=None", "ssd", {"landmarks": None}, peer_ssd, "OpenCV DNN SSD, direct"),
     ("ssd engine=opencv", "ssd", {"engine": "opencv"}, peer_ssd, "OpenCV DNN SSD, direct"),
     ("dlib", "dlib", {}, peer_dlib, "dlib HOG + 68 points, direct"),
-    ("mediapipe", "mediapipe", {}, peer_mediapipe_tasks, "MediaPipe Tasks FaceDetector"),
+    (
+        "mediapipe",
+        "mediapipe",
+        {},
+        peer_mediapipe_tasks_dlib5,
+        "MediaPipe Tasks FaceDetector + dlib 5-point predictor",
+    ),
     (
         "mediapipe refine=blazeface",
         "mediapipe",
@@ -266,16 +283,16 @@ PAIRS: list[tuple[str, str, dict, Callable[[], Callable | None], str]] = [
         "MediaPipe Tasks FaceDetector",
     ),
     (
-        "mediapipe refine=False",
+        "mediapipe refine=None",
         "mediapipe",
-        {"refine": False},
+        {"refine": None},
         peer_mediapipe_tasks,
         "MediaPipe Tasks FaceDetector",
     ),
     (
-        "mediapipe refine=False",
+        "mediapipe refine=None",
         "mediapipe",
-        {"refine": False},
+        {"refine": None},
         peer_mediapipe,
         "LiteRT invoke + sigmoid (lower bound)",
     ),
@@ -339,8 +356,14 @@ def main() -> None:
         runners = {"faceetl": ours} | ({"peer": peer} if peer is not None else {})
         times: dict[str, list[float]] = {k: [] for k in runners}
         faces: dict[str, int] = {}
-        for fn in runners.values():
-            best_pass(fn, images)  # warm-up: models loaded, per-shape kernels built
+        try:
+            for fn in runners.values():
+                best_pass(fn, images)  # warm-up: models loaded, per-shape kernels built
+        except RuntimeError as exc:  # an external peer that did not start (its stderr says why)
+            print(f"{label}: skipped ({exc})")
+            if isinstance(peer, ExternalPeer):
+                peer.close()
+            continue
         for _ in range(args.repeat):
             for k, fn in runners.items():
                 t, faces[k] = best_pass(fn, images)
