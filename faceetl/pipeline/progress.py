@@ -239,8 +239,13 @@ def compute_batches(
     live in this process with a local cluster) does not grow with the number of tasks, and the
     first tasks start before the last ones are made. A finished task is released at once.
     Progress counts images, as :func:`compute_frame` does; one span ``name`` on the dashboard.
+    On a cluster faceetl made (:func:`faceetl.cluster`), distributed's logs of the messages
+    sent are emptied after each batch (:func:`_forget_sent`); a user's own client is left as it
+    is (its ``distributed.admin.low-level-log-length`` caps them).
     """
     from distributed import as_completed, span
+
+    tidy = getattr(client, "made_by_faceetl", False)
 
     bar = ImageProgress(images, enabled=progress)
     results: list[Any] = [None] * n_tasks
@@ -251,7 +256,8 @@ def compute_batches(
         with span("faceetl", name):
             while sent < n_tasks or index:
                 while sent < n_tasks and len(index) < batch:
-                    _forget_sent(client)
+                    if tidy:
+                        _forget_sent(client)
                     tasks = range(sent, min(n_tasks, sent + batch))
                     futures = submit(tasks)
                     index.update({f.key: k for f, k in zip(futures, tasks, strict=True)})
@@ -265,7 +271,8 @@ def compute_batches(
                 del fut, part
     finally:
         bar.close()
-        _forget_sent(client)
+        if tidy:
+            _forget_sent(client)
     return _concat(results)
 
 
@@ -277,7 +284,8 @@ def _forget_sent(client: Any) -> None:
     (each batch of tasks under 1 MB, with its inputs; a whole graph of a run, over 1 MB, is
     not kept) and the scheduler's to each worker (every task sent, with its inputs: ~1,500
     tasks a worker, ~10 KB each). On a local cluster the scheduler lives in this process, so
-    both would hold tasks long done; they are emptied after each batch."""
+    both would hold tasks long done. Only for clusters faceetl made: the logs are a debugging
+    aid of the user's own clients, theirs to keep."""
     log = getattr(getattr(client, "scheduler_comm", None), "recent_message_log", None)
     if isinstance(log, collections.deque):
         log.clear()
