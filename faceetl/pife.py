@@ -9,6 +9,7 @@ import time
 import weakref
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import schema, storage
@@ -16,10 +17,17 @@ from .align import AlignSpec
 from .backends.base import REGISTRY, backend_spec
 from .backends.params import canonical_params, effective_params
 from .images import crop_extension, parse_crop_format
+from .pipeline import pathset
 from .pipeline.cluster import cluster, in_worker_process
 from .pipeline.crops import check_writable
 from .pipeline.extract import compute
-from .pipeline.inputs import common_root, partitioned, read_images
+from .pipeline.inputs import (
+    common_root,
+    input_frame,
+    partition_bounds,
+    partitioned,
+    read_images,
+)
 from .pipeline.job import Job
 from .pipeline.lock import ConcurrentRunError, Lock
 from .pipeline.manifest import (
@@ -36,10 +44,21 @@ from .pipeline.manifest import (
     recover,
     target_schema,
 )
-from .pipeline.progress import COUNTS, remember_images, summary
+from .pipeline.pathset import PathSet
+from .pipeline.progress import (
+    COUNTS,
+    compute_batches,
+    distributed_client,
+    remember_images,
+    summary,
+)
 from .schema import read_faces
 
 log = logging.getLogger(__name__)
+
+#: partitions sent to the cluster at once (at least 4 a worker thread); at most two batches wait
+#: in the scheduler, so the driver's memory does not grow with the run's partitions
+BATCH_TASKS = 256
 
 LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous", "single-threaded", "processes")
 
@@ -165,12 +184,12 @@ class Pife:
             return schema.meta()
         out = Output(os.fspath(output_dir), storage_options)
         check_writable(out.url, storage_options)  # an unwritable output stops the run here
-        todo = _inputs(paths, self.partition_size, storage_options)
-        repeated = todo["path"].duplicated()
+        todo = _inputs(paths, storage_options)
+        repeated = pathset.repeated(todo["path"])
         if repeated.any():  # a path is the dataset's key: it is done once, its first row's labels
             log.warning("%d paths are given more than once: each is done once", repeated.sum())
             todo = todo[~repeated].reset_index(drop=True)
-        inside = todo["path"].map(lambda p: storage.under(p, out.url))
+        inside = _under(todo["path"], out.url)
         if inside.any():
             log.warning("%d files under the output folder %s are not inputs", inside.sum(), out.url)
             todo = todo[~inside]
@@ -183,13 +202,11 @@ class Pife:
             record = check_settings(
                 out, self.settings(), common_root(todo["path"]), effective_settings
             )
-            done = committed_paths(out, set(todo["path"]))
-            already = todo["path"].isin(done)
-            todo = todo[~already].reset_index(drop=True)
+            todo, already = _left_to_do(todo, out)
             if len(todo):
                 self._run(todo, out, lock.run, record)
             else:
-                said = f"nothing to do: {int(already.sum())} images already done in {out.dataset}"
+                said = f"nothing to do: {already} images already done in {out.dataset}"
                 log.info(said)
                 if self.progress:
                     print(f"faceetl: {said}")
@@ -197,7 +214,6 @@ class Pife:
 
     def _run(self, todo: pd.DataFrame, out: Output, run: str, record: dict[str, Any]) -> None:
         self._ensure_client()
-        ddf = partitioned(todo, self.partition_size)
         job = Job.make(
             self.backend, self.backend_params, spec=AlignSpec(self.template, self.size,
             self.padding), batch_size=self.batch_size, crop_format=self.crop_format,
@@ -206,13 +222,18 @@ class Pife:
         )  # fmt: skip
         carried = schema.check_carried(todo.columns)
         commit = Commit(out, run, target_schema(todo[carried]), record.get("weights"))
-        counts = ddf.map_partitions(
-            commit_partition, job, commit,
-            meta=pd.DataFrame({c: pd.Series([], dtype="int64") for c in COUNTS}),
-        )  # fmt: skip
-        counts = remember_images(counts, len(todo))
         start = time.perf_counter()
-        done = compute(counts, progress=self.progress, summarize=False)
+        client = distributed_client()
+        if client is None:  # a local scheduler: the graph stays in this process
+            counts = partitioned(todo, self.partition_size).map_partitions(
+                commit_partition, job, commit,
+                meta=pd.DataFrame({c: pd.Series([], dtype="int64") for c in COUNTS}),
+            )  # fmt: skip
+            counts = remember_images(counts, len(todo))
+            done = compute(counts, progress=self.progress, summarize=False)
+        else:
+            done = _commit_in_batches(client, todo, self.partition_size, job, commit,
+                                      self.progress)  # fmt: skip
         seconds = time.perf_counter() - start
         parts = part_names(out)
         if parts:  # the weight files the rows were made with, from one row's provenance
@@ -220,6 +241,33 @@ class Pife:
             record_weights(out, record, json.loads(prov or "{}").get("backend", {}).get("weights"))
         if self.progress:
             print(f"faceetl: {summary(done, seconds)} -> {out.url} (dataset {out.dataset})")
+
+
+def _commit_in_batches(
+    client: Any, todo: pd.DataFrame, partition_size: int | None, job: Job, commit: Commit,
+    progress: bool,
+) -> pd.DataFrame:  # fmt: skip
+    """Every partition of ``todo`` committed on ``client``'s cluster, the partitions made and
+    sent a batch at a time (:func:`faceetl.pipeline.progress.compute_batches`): the driver
+    never holds a task graph of the whole run. The partitions are those :func:`partitioned`
+    makes, numbered alike (the parts' names), each task ``commit_partition`` as before."""
+    bounds = partition_bounds(len(todo), partition_size)
+    slots = sum(client.nthreads().values()) or 1
+
+    def submit(numbers: range) -> list[Any]:
+        return client.map(
+            commit_partition,
+            [todo.iloc[bounds[k] : bounds[k + 1]] for k in numbers],
+            [job] * len(numbers),
+            [commit] * len(numbers),
+            [{"number": k} for k in numbers],
+            key=[(f"commit_partition-{commit.run}", k) for k in numbers],  # one group a run
+        )
+
+    return compute_batches(
+        client, submit, len(bounds) - 1, batch=max(BATCH_TASKS, 4 * slots), images=len(todo),
+        progress=progress, name=f"commit_partition ({len(todo)} images)",
+    )  # fmt: skip
 
 
 def _close_quietly(client: Any) -> None:
@@ -248,12 +296,56 @@ def effective_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out, sort_keys=True, default=str))
 
 
-def _inputs(paths: Any, partition_size: int | None, storage_options: Any) -> pd.DataFrame:
-    """The input paths (and carried columns) as a pandas frame, listed on the driver."""
-    if isinstance(paths, pd.DataFrame):
-        todo = read_images(paths).compute() if "path" in paths.columns else None
-    else:
-        todo = read_images(paths, partition_size, storage_options=storage_options).compute()
-    if todo is None:
+def _inputs(paths: Any, storage_options: Any) -> pd.DataFrame:
+    """The input paths (and carried columns) as a pandas frame, listed on the driver: the
+    ``path`` column as Arrow strings (:func:`faceetl.pipeline.inputs.input_frame`)."""
+    if isinstance(paths, pd.DataFrame) and "path" not in paths.columns:
         raise ValueError("the DataFrame needs a 'path' column")
-    return todo.reset_index(drop=True).assign(path=lambda d: d["path"].astype(str))
+    if _is_dask_frame(paths):  # computed here: its partitions are the driver's to cut
+        return read_images(paths).compute().reset_index(drop=True)
+    return input_frame(paths, storage_options=storage_options)
+
+
+def _left_to_do(todo: pd.DataFrame, out: Output) -> tuple[pd.DataFrame, int]:
+    """The inputs without a final result in ``out`` yet, and how many have one (error rows of
+    these inputs are deleted from the output: they are tried again)."""
+    paths = todo["path"].array.__arrow_array__()  # the column's Arrow data, not a copy
+    already = PathSet(committed_paths(out, paths)).contains(paths)
+    if not already.any():  # a new output: the inputs as they are, not a copy
+        return todo.reset_index(drop=True), 0
+    return todo[~already].reset_index(drop=True), int(already.sum())
+
+
+def _is_dask_frame(obj: Any) -> bool:
+    import sys
+
+    dd = sys.modules.get("dask.dataframe")  # not imported: the object cannot be one
+    return dd is not None and isinstance(obj, dd.DataFrame)
+
+
+def _under(paths: pd.Series, folder: str, chunk: int = 1 << 16) -> np.ndarray:
+    """Which ``paths`` lie in ``folder`` (:func:`faceetl.storage.under`), as a bool array.
+
+    Local absolute paths without ``.``, ``..`` or empty parts are their own absolute form, so
+    for them it is a prefix test done by Arrow; the others (relative, URLs, not normalized) go
+    through :func:`~faceetl.storage.under` a chunk at a time."""
+    import pyarrow.compute as pc
+
+    out = np.zeros(len(paths), dtype=bool)
+    if not len(paths):
+        return out
+    values = paths.array.__arrow_array__()
+    if os.name == "nt" or storage.is_url(folder):
+        plain = np.zeros(len(paths), dtype=bool)
+    else:
+        root = os.path.abspath(storage.local_path(folder))
+        clean = pc.and_(pc.starts_with(values, "/"), pc.invert(
+            pc.match_substring_regex(values, r"//|/\.\.?(/|$)|/$|://")))  # fmt: skip
+        plain = clean.to_numpy(zero_copy_only=False)
+        inside = pc.or_(pc.equal(values, root), pc.starts_with(values, root.rstrip("/") + "/"))
+        out[plain] = inside.to_numpy(zero_copy_only=False)[plain]
+    rest = np.flatnonzero(~plain)
+    for start in range(0, len(rest), chunk):
+        idx = rest[start : start + chunk]
+        out[idx] = [storage.under(p, folder) for p in paths.iloc[idx].tolist()]
+    return out

@@ -193,6 +193,9 @@ def _owning_client(lc: Any) -> Any:
     class OwningClient(Client):
         """A Client that owns its local cluster: closing it shuts the workers down."""
 
+        #: faceetl made it: faceetl may tidy what its scheduler keeps (see progress.compute_batches)
+        made_by_faceetl = True
+
         def close(self, *args: Any, **kwargs: Any) -> Any:
             try:
                 return super().close(*args, **kwargs)

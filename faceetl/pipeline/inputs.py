@@ -4,10 +4,11 @@ partitions sized for the workers."""
 from __future__ import annotations
 
 import glob as _glob
+import itertools
 import math
 import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,42 +28,63 @@ IMAGE_EXTENSIONS = (
 DEFAULT_PARTITION_SIZE = 64
 
 
-def _list_folder(folder: str, extensions: Sequence[str] | None) -> list[str]:
+def _list_folder(folder: str, extensions: Sequence[str] | None) -> Iterator[str]:
     """Every entry below ``folder`` that is not a folder (files, FIFOs, broken links: the decoder
-    says what each is), optionally only those whose name ends in one of ``extensions``."""
+    says what each is), optionally only those whose name ends in one of ``extensions``, in
+    sorted order, folder by folder (never all of them as Python strings at once)."""
     exts = None if extensions is None else tuple(e.lower() for e in extensions)
-    found = []
     for root, dirs, files in os.walk(folder):  # does not descend into symlinked folders
         dirs.sort()
         for name in sorted(files):
             if exts is None or name.lower().endswith(exts):
-                found.append(os.path.join(root, name))
-    return found
+                yield os.path.join(root, name)
 
 
 def _expand_glob(
     pattern: str | os.PathLike,
     extensions: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
-) -> list[str]:
+) -> Iterator[str]:
+    """The paths a folder, a glob or a URL names, in the frame's form (FileNotFoundError when
+    there are none); a folder's are listed as they are consumed."""
     if storage.is_url(pattern):  # listed through the URL's filesystem, never the local disk
         found = storage.list_files(os.fspath(pattern), extensions, storage_options)
         if not found:
             raise FileNotFoundError(f"no files match {pattern!r}")
-        return found
+        return iter(found)
     p = os.path.expanduser(storage.local_path(pattern))
     if os.path.isdir(p):
-        found = _list_folder(p, extensions)
+        listed: Iterator[str] = _list_folder(p, extensions)
     elif _glob.has_magic(p):
         found = sorted(f for f in _glob.glob(p, recursive=True) if not os.path.isdir(f))
         if extensions is not None:
             exts = tuple(e.lower() for e in extensions)
             found = [f for f in found if f.lower().endswith(exts)]
+        listed = iter(found)
     else:  # a single file: kept even if missing, so it gets its error row
-        return [frame_path(p if isinstance(pattern, str) else Path(p))]
-    if not found:
+        return iter([frame_path(p if isinstance(pattern, str) else Path(p))])
+    first = next(listed, None)
+    if first is None:
         raise FileNotFoundError(f"no files match {pattern!r}")
-    return [escape_name(f) for f in found]  # names as the OS gives them, in the frame's form
+    # names as the OS gives them, in the frame's form
+    return map(escape_name, itertools.chain([first], listed))
+
+
+def path_series(paths: Iterable[Any], chunk: int = 1 << 14) -> pd.Series:
+    """``paths`` (text, bytes or ``os.PathLike``) as a ``path`` column in the frame's form
+    (:func:`faceetl.images.frame_path`), built ``chunk`` at a time into Arrow strings, so that a
+    million paths never live as a million Python strings at once."""
+    import pyarrow as pa
+
+    arrays = []
+    it = iter(paths)
+    while True:
+        block = [frame_path(p) for p in itertools.islice(it, chunk)]
+        if not block:
+            break
+        arrays.append(pa.array(block, pa.large_string()))
+    values = pa.chunked_array(arrays, pa.large_string())
+    return pd.Series(pd.arrays.ArrowStringArray(values), name="path")
 
 
 def _parallel_slots() -> int:
@@ -113,20 +135,40 @@ def read_images(
             raise ValueError("the DataFrame needs a 'path' column")
         schema.check_carried(source.columns)
         return source.assign(path=source["path"].astype(schema.STRING))
+    df = input_frame(source, extensions, storage_options)
+    return partitioned(df, partition_size, npartitions)
+
+
+def input_frame(
+    source: str | os.PathLike | Iterable[Any] | pd.DataFrame,
+    extensions: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """The pandas frame :func:`read_images` cuts into partitions: a ``path`` column of Arrow
+    strings in the frame's form (and a frame's carried columns), listed here."""
     if isinstance(source, pd.DataFrame):
         if "path" not in source.columns:
             raise ValueError("the DataFrame needs a 'path' column")
         df = source.reset_index(drop=True).copy()
     elif isinstance(source, (str, os.PathLike)):
         found = _expand_glob(source, extensions, storage_options)
-        df = pd.DataFrame({"path": [frame_path(p) for p in found]})
+        df = pd.DataFrame({"path": path_series(found)}, copy=False)
     else:
-        df = pd.DataFrame({"path": [frame_path(p) for p in source]})
+        df = pd.DataFrame({"path": path_series(source)}, copy=False)
     if len(df) == 0:
         raise ValueError("no input paths")
     schema.check_carried(df.columns)
-    df["path"] = df["path"].map(frame_path).astype(schema.STRING)
-    return partitioned(df, partition_size, npartitions)
+    df["path"] = _frame_paths(df["path"])
+    return df
+
+
+def _frame_paths(column: pd.Series) -> Any:
+    """A ``path`` column in the frame's form as Arrow strings. Arrow text holds no undecodable
+    name (it is valid UTF-8), so a column of it without nulls is taken as it is; anything else
+    goes through :func:`faceetl.images.frame_path`, a chunk at a time."""
+    if _arrow_text(column) and not column.hasnans:
+        return column.astype(schema.STRING).array
+    return path_series(column).array
 
 
 def partitioned(
@@ -141,10 +183,36 @@ def partitioned(
     return remember_images(dd.from_pandas(df, npartitions=min(n, len(df)), sort=False), len(df))
 
 
+def _arrow_text(column: pd.Series) -> bool:
+    """Whether ``column`` holds Arrow strings."""
+    import pyarrow as pa
+
+    dtype = column.dtype
+    if isinstance(dtype, pd.StringDtype):
+        return dtype.storage == "pyarrow"
+    t = getattr(dtype, "pyarrow_dtype", None)
+    return t is not None and (pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+def partition_bounds(n: int, partition_size: int | None = None) -> list[int]:
+    """The row offsets (``npartitions + 1`` of them) where :func:`partitioned` cuts ``n`` listed
+    inputs: as Dask's ``from_pandas`` cuts a frame with a range index into
+    ``ceil(n / partition_size)`` partitions, whose sizes differ by at most one."""
+    size = partition_size or auto_partition_size(n)
+    parts = min(max(1, -(-n // max(1, size))), n) if n else 1
+    base, extra = divmod(n, parts)
+    bounds = [0]
+    for i in range(parts):
+        bounds.append(bounds[-1] + base + (i < extra))
+    return bounds
+
+
 def common_root(paths: Iterable[str]) -> str | None:
     """The deepest folder holding every path (None when there are none, or they are on
-    different filesystems)."""
-    paths = list(paths)
+    different filesystems). A column of paths is first cut to one path per folder
+    (:func:`_one_per_folder`): the answer depends on the folders only."""
+    arrow = isinstance(paths, pd.Series) and _arrow_text(paths) and not paths.hasnans
+    paths = _one_per_folder(paths) if arrow else list(paths)
     protocols = {storage.protocol(p) if storage.is_url(p) else None for p in paths}
     if len(protocols) > 1:
         return None
@@ -160,3 +228,21 @@ def common_root(paths: Iterable[str]) -> str | None:
         return os.path.commonpath(sorted(dirs))
     except ValueError:  # different drives
         return None
+
+
+def _one_per_folder(paths: pd.Series, chunk: int = 1 << 14) -> list[str]:
+    """Stand-ins for ``paths`` with the same :func:`common_root`, one per folder, found with
+    Arrow (no Python string per path): each path's last part replaced by ``_``, except a last
+    part that moves the folder itself (``''``, ``.``, ``..``), which is kept as it is."""
+    import pyarrow.compute as pc
+
+    if os.name == "nt":  # other separators
+        return list(paths)
+    values = paths.array.__arrow_array__()  # the column's own Arrow data, not a copy
+    folders: set[str] = set()
+    for start in range(0, len(values), chunk):  # a chunk's stand-ins at a time
+        part = values.slice(start, chunk)
+        keep = pc.match_substring_regex(part, r"(^|/)(\.\.?)?$")
+        named = pc.replace_substring_regex(part, r"[^/]+$", "_")
+        folders.update(pc.unique(pc.if_else(keep, part, named)).to_pylist())
+    return sorted(folders)

@@ -17,6 +17,7 @@ dataset discovery, so ``pd.read_parquet`` and ``dd.read_parquet`` read the parts
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -35,6 +36,7 @@ from ..backends.base import get_backend
 from .extract import extract_partition
 from .job import Job
 from .names import crop_file_re, crop_stem, is_crop_stem, safe_join, split_stem
+from .pathset import PathSet
 from .progress import COUNTS, counts
 
 log = logging.getLogger(__name__)
@@ -310,15 +312,16 @@ def _remove_crops(out: Output, stems: list[str], temporary_only: bool) -> None:
 # -- what is done --------------------------------------------------------------------------------
 
 
-def committed_paths(out: Output, wanted: set[str]) -> set[str]:
-    """Paths with a final result in the dataset (ok or no_face). Error rows of ``wanted`` paths
-    are deleted from their parts (rewritten atomically), so those paths are tried again. Parts
-    written by an earlier faceetl are first given the columns it did not have
-    (:func:`upgraded_part`)."""
+def committed_paths(out: Output, wanted: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """Paths with a final result in the dataset (ok or no_face), as Arrow strings. Error rows of
+    ``wanted`` paths (Arrow strings: the run's inputs) are deleted from their parts (rewritten
+    atomically), so those paths are tried again. Parts written by an earlier faceetl are first
+    given the columns it did not have (:func:`upgraded_part`). Nothing here makes a Python
+    string per path: a resume of a million inputs holds them as Arrow data only."""
     import pyarrow.compute as pc
 
-    done: set[str] = set()
-    wanted_values: pa.Array | None = None  # built once, only if some part has error rows
+    done: list[pa.Array | pa.ChunkedArray] = []
+    wanted_set: PathSet | None = None  # built once, only if some part has error rows
     upgraded = 0
     for name, data in _part_bytes(out, part_names(out)):
         newer = upgraded_part(data)
@@ -327,13 +330,13 @@ def committed_paths(out: Output, wanted: set[str]) -> set[str]:
             data, upgraded = newer, upgraded + 1
         table = pq.read_table(io.BytesIO(data), columns=["path", "status"])
         failed = pc.starts_with(table["status"].cast(pa.string()), "error").fill_null(False)
-        done.update(table["path"].filter(pc.invert(failed)).to_pylist())
+        path = table["path"].cast(pa.large_string())
+        done.append(path.filter(pc.invert(failed)))
         if not pc.any(failed).as_py():
             continue
-        if wanted_values is None:
-            wanted_values = pa.array(sorted(wanted), pa.string())
-        path = table["path"].cast(pa.string())
-        retry = pc.and_(failed, pc.is_in(path, value_set=wanted_values))
+        if wanted_set is None:
+            wanted_set = PathSet(wanted)
+        retry = pc.and_(failed, pa.array(wanted_set.contains(path)))
         if pc.any(retry).as_py():
             rest = pq.read_table(io.BytesIO(data)).filter(pc.invert(retry))
             if rest.num_rows:
@@ -343,7 +346,15 @@ def committed_paths(out: Output, wanted: set[str]) -> set[str]:
     if upgraded:
         log.warning("%d parts of %s, written by an earlier faceetl, were given the columns it did "
                     "not have (null)", upgraded, out.dataset)  # fmt: skip
-    return done
+    chunks = [c for piece in done for c in piece.chunks]
+    return pa.chunked_array(chunks, pa.large_string())
+
+
+@functools.cache
+def faces_schema() -> pa.Schema:
+    """The Arrow schema of faceetl's columns (made once: a resume checks it against every
+    part, and making it takes milliseconds)."""
+    return pa.Schema.from_pandas(schema.meta(), preserve_index=False)
 
 
 def upgraded_part(data: bytes) -> bytes | None:
@@ -355,7 +366,7 @@ def upgraded_part(data: bytes) -> bytes | None:
     ``dd.read_parquet`` fails on it): every part is given the same columns instead.
     """
     have = pq.read_schema(io.BytesIO(data)).names
-    ours = pa.Schema.from_pandas(schema.meta(), preserve_index=False)
+    ours = faces_schema()
     missing = [f for f in ours if f.name not in have]
     if not missing:
         return None
@@ -420,8 +431,7 @@ def arrow_table(frame: pd.DataFrame, target: pa.Schema | None = None) -> pa.Tabl
 
 def target_schema(carried: pd.DataFrame) -> pa.Schema:
     """The Arrow schema of every part: faceetl's columns, then the carried input columns."""
-    faces = pa.Schema.from_pandas(schema.meta(), preserve_index=False)
-    fields = list(faces)
+    fields = list(faces_schema())
     if len(carried.columns):
         extra = pa.Schema.from_pandas(carried, preserve_index=False)
         fields += [extra.field(c) for c in carried.columns]

@@ -8,11 +8,14 @@ every ``LOG_EVERY`` seconds, never a bare carriage return.
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dask
+import numpy as np
 import pandas as pd
 
 from .. import schema
@@ -170,26 +173,134 @@ def compute_frame(
     bar = ImageProgress(images_planned(collection), enabled=progress)
     parts = collection.to_delayed()
     try:
-        client = _client(collection)
+        client = distributed_client(collection)
         if client is not None:
             from distributed import as_completed, span
 
             with span("faceetl", _run_name(collection)):  # one span a run, on the dashboard
                 futures = client.compute(parts)
+            del parts  # the graph: the scheduler has it
             index = {f.key: i for i, f in enumerate(futures)}
             results: list[Any] = [None] * len(futures)
-            for fut in as_completed(futures):
+            pending = as_completed(futures)
+            del futures  # a finished task is released as soon as its result is here
+            for fut in pending:
                 part = fut.result()
-                results[index[fut.key]] = part
+                results[index.pop(fut.key)] = _compact(part)
                 bar.update(images_of(part))
+                del fut, part
         else:
             results = _compute_local(parts, bar, compute_kwargs)
     finally:
         bar.close()
-    frame = pd.concat(results) if results else collection._meta
+    frame = _concat(results) if results else collection._meta
     if progress and summarize:
         print(f"faceetl: {summary(frame, bar.elapsed)}", flush=True)
     return frame
+
+
+def _compact(part: Any) -> Any:
+    """A partition's result as it waits for the others: a frame of counts (one per partition
+    of a run that writes its own output: thousands of them) as its numbers only."""
+    if isinstance(part, pd.DataFrame) and list(part.columns) == COUNTS:
+        return part.to_numpy(dtype="int64")
+    return part
+
+
+def _concat(results: list[Any]) -> pd.DataFrame:
+    """The partitions' results as one frame (counts as the frame of :data:`COUNTS` that
+    concatenating their frames gives: each partition's row numbers kept)."""
+    if not results:
+        return pd.DataFrame({c: pd.Series([], dtype="int64") for c in COUNTS})
+    if all(isinstance(r, np.ndarray) for r in results):
+        index = np.concatenate([np.arange(len(r), dtype="int64") for r in results])
+        return pd.DataFrame(np.concatenate(results), columns=COUNTS, index=index)
+    return pd.concat(
+        pd.DataFrame(r, columns=COUNTS, index=np.arange(len(r), dtype="int64"))
+        if isinstance(r, np.ndarray) else r
+        for r in results
+    )  # fmt: skip
+
+
+def compute_batches(
+    client: Any,
+    submit: Callable[[range], list[Any]],
+    n_tasks: int,
+    batch: int,
+    images: int | None = None,
+    progress: bool = True,
+    name: str = "faceetl",
+) -> pd.DataFrame:
+    """The results of ``n_tasks`` tasks that ``submit(range(k0, k1))`` sends to ``client``
+    (their futures, in order), ``batch`` at a time, as one frame in task order.
+
+    A batch goes when fewer than ``batch`` tasks are left in the scheduler, so it never holds
+    more than two batches: the driver's memory (the graph, the scheduler's task states, which
+    live in this process with a local cluster) does not grow with the number of tasks, and the
+    first tasks start before the last ones are made. A finished task is released at once.
+    Progress counts images, as :func:`compute_frame` does; one span ``name`` on the dashboard.
+    On a cluster faceetl made (:func:`faceetl.cluster`), distributed's logs of the messages
+    sent are emptied after each batch (:func:`_forget_sent`); a user's own client is left as it
+    is (its ``distributed.admin.low-level-log-length`` caps them).
+    """
+    from distributed import as_completed, span
+
+    tidy = getattr(client, "made_by_faceetl", False)
+
+    bar = ImageProgress(images, enabled=progress)
+    results: list[Any] = [None] * n_tasks
+    index: dict[Any, int] = {}  # key -> task number, of the tasks in the scheduler
+    pending = as_completed()
+    sent = 0
+    try:
+        with span("faceetl", name):
+            while sent < n_tasks or index:
+                while sent < n_tasks and len(index) < batch:
+                    if tidy:
+                        _forget_sent(client)
+                    tasks = range(sent, min(n_tasks, sent + batch))
+                    futures = submit(tasks)
+                    index.update({f.key: k for f, k in zip(futures, tasks, strict=True)})
+                    pending.update(futures)
+                    sent = tasks.stop
+                    del futures
+                fut = next(pending)
+                part = fut.result()
+                results[index.pop(fut.key)] = _compact(part)
+                bar.update(images_of(part))
+                del fut, part
+    finally:
+        bar.close()
+        if tidy:
+            _forget_sent(client)
+    return _concat(results)
+
+
+def _forget_sent(client: Any) -> None:
+    """Empty distributed's logs of the messages that carried a run's tasks.
+
+    distributed keeps, for developers, the last 1,000 batches of messages each of its streams
+    sent (Dask's ``distributed.admin.low-level-log-length``): the client's to the scheduler
+    (each batch of tasks under 1 MB, with its inputs; a whole graph of a run, over 1 MB, is
+    not kept) and the scheduler's to each worker (every task sent, with its inputs: ~1,500
+    tasks a worker, ~10 KB each). On a local cluster the scheduler lives in this process, so
+    both would hold tasks long done. Only for clusters faceetl made: the logs are a debugging
+    aid of the user's own clients, theirs to keep."""
+    log = getattr(getattr(client, "scheduler_comm", None), "recent_message_log", None)
+    if isinstance(log, collections.deque):
+        log.clear()
+    try:
+        client.run_on_scheduler(_forget_sent_to_workers)
+    except Exception:  # a scheduler that cannot run it (another version, closed): kept
+        pass
+
+
+def _forget_sent_to_workers(dask_scheduler: Any) -> None:
+    """On the scheduler: empty the logs of what its streams to the workers sent."""
+    for stream in getattr(dask_scheduler, "stream_comms", {}).values():
+        log = getattr(stream, "recent_message_log", None)
+        if isinstance(log, collections.deque):
+            log.clear()
 
 
 def _run_name(collection: Any) -> str:
@@ -200,12 +311,14 @@ def _run_name(collection: Any) -> str:
     return f"{name} ({n} images)" if n is not None else name
 
 
-def _client(collection: Any) -> Any:
-    """The distributed client Dask itself would compute ``collection`` on, else None (a
-    ``scheduler=`` set in Dask's config wins over a default client, as in ``dask.compute``)."""
+def distributed_client(collection: Any = None) -> Any:
+    """The distributed client Dask itself would compute ``collection`` on (any collection
+    computed by default, without one), else None (a ``scheduler=`` set in Dask's config wins
+    over a default client, as in ``dask.compute``)."""
     from dask.base import get_scheduler
 
-    client = getattr(get_scheduler(collections=[collection]), "__self__", None)
+    found = get_scheduler(collections=None if collection is None else [collection])
+    client = getattr(found, "__self__", None)
     try:
         from distributed import Client
     except ImportError:

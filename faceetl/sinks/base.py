@@ -422,12 +422,12 @@ def run_tasks(tasks: list[Any], weights: list[int], progress: bool, what: str) -
     scheduler), a progress bar counting ``weights`` (faces) as each task ends."""
     import dask
 
-    from ..pipeline.progress import _client, _in_kernel, tqdm
+    from ..pipeline.progress import _in_kernel, distributed_client, tqdm
 
     show = progress and (sys.stderr.isatty() or _in_kernel())
     bar = tqdm(total=sum(weights), unit="face", desc=what, smoothing=0.1) if show else None
     try:
-        client = _client(tasks[0]) if tasks else None
+        client = distributed_client(tasks[0]) if tasks else None
         if client is not None:
             from distributed import as_completed, span
 
