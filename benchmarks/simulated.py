@@ -38,23 +38,29 @@ def seeds(side: int, count: int = 5) -> list[bytes]:
     return out
 
 
+LINKS_PER_COPY = 50_000
+
+
 def rel_name(i: int, per_folder: int) -> str:
     return f"d{i // per_folder:05d}/{i:07d}.jpg"
 
 
 def local_inputs(tmp: Path, n: int, args: argparse.Namespace, data: list[bytes]) -> str:
-    """A folder of ``n`` links to the seed JPEGs, ``per_folder`` per folder."""
-    src = tmp / "seeds"
-    if not src.is_dir():
-        src.mkdir(parents=True)
-        for k, d in enumerate(data):
-            (src / f"s{k}.jpg").write_bytes(d)
+    """A folder of ``n`` links to the seed JPEGs, ``per_folder`` per folder. A file takes at
+    most 65,000 hard links on ext4, so each ``LINKS_PER_COPY`` inputs link to copies of their
+    own."""
+    src = tmp / f"seeds-{n}"
     folder = tmp / f"in-{n}"
     link = os.symlink if args.symlinks else os.link
     for i in range(n):
+        if i % LINKS_PER_COPY == 0:
+            copy = src / f"{i // LINKS_PER_COPY:03d}"
+            copy.mkdir(parents=True)
+            for k, d in enumerate(data):
+                (copy / f"s{k}.jpg").write_bytes(d)
         if i % args.per_folder == 0:
             (folder / f"d{i // args.per_folder:05d}").mkdir(parents=True)
-        link(src / f"s{i % len(data)}.jpg", folder / rel_name(i, args.per_folder))
+        link(copy / f"s{i % len(data)}.jpg", folder / rel_name(i, args.per_folder))
     return str(folder)
 
 

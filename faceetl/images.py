@@ -127,12 +127,28 @@ def read_image_bytes(path: str | os.PathLike, storage_options: dict | None = Non
 def _read_url(url: str, storage_options: dict | None) -> bytes:
     try:
         return storage.read_bytes(url, storage_options)
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory") from None
-    except (OSError, ValueError) as e:  # permissions, network, a bucket that does not exist
-        raise ImageError(f"cannot read ({type(e).__name__}: {e})") from None
+    except Exception as e:
+        raise _url_error(e) from None
+
+
+def _url_error(e: Exception) -> Exception:
+    """What a failed read of a URL says (:class:`ImageError`); anything else as it is."""
+    if isinstance(e, FileNotFoundError):
+        return ImageError("file not found")
+    if isinstance(e, IsADirectoryError):
+        return ImageError("is a directory")
+    if isinstance(e, (OSError, ValueError)):  # permissions, network, a bucket that does not exist
+        return ImageError(f"cannot read ({type(e).__name__}: {e})")
+    return e
+
+
+def read_url_bytes(
+    urls: list[str], storage_options: dict | None = None
+) -> list[bytes | Exception]:
+    """The encoded bytes of each of ``urls``, requested together (:func:`faceetl.storage.read_many`),
+    or in its place the error :func:`read_image_bytes` would raise for it."""
+    got = storage.read_many(urls, storage_options)
+    return [d if isinstance(d, bytes) else _url_error(d) for d in got]
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:

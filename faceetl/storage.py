@@ -86,9 +86,40 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
         with open(local_path(url), "rb") as f:
             return f.read()
     fs, path = filesystem(url, storage_options)
-    if fs.isdir(path):
-        raise IsADirectoryError(url)
-    return fs.cat_file(path)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:  # a folder (a prefix on an object store) is asked only then
+        if fs.isdir(path):
+            raise IsADirectoryError(url) from None
+        raise
+
+
+def read_many(
+    urls: list[str], storage_options: dict[str, Any] | None = None
+) -> list[bytes | Exception]:
+    """The bytes of each of ``urls``, fetched together: an async filesystem
+    (s3fs, gcsfs, adlfs, http) sends the requests at once (``fs.cat_ranges``), so a batch waits
+    about one round trip, not one per file. Each failure is returned in its place, as
+    :func:`read_bytes` would raise it."""
+    out: list[bytes | Exception] = [b""] * len(urls)
+    groups: dict[str | None, list[int]] = {}
+    for k, url in enumerate(urls):
+        groups.setdefault(protocol(url), []).append(k)
+    for members in groups.values():
+        fs, _ = filesystem(urls[members[0]], storage_options)
+        paths = [fs._strip_protocol(urls[k]) for k in members]
+        try:
+            got = fs.cat_ranges(paths, None, None, on_error="return")
+        except Exception as e:  # the filesystem itself failed (credentials, endpoint): each
+            got = [e] * len(paths)
+        for k, path, data in zip(members, paths, got, strict=True):
+            if isinstance(data, FileNotFoundError):
+                try:
+                    data = IsADirectoryError(urls[k]) if fs.isdir(path) else data
+                except Exception as e:  # the folder test failed too: that is the error
+                    data = e
+            out[k] = data
+    return out
 
 
 def write_atomic(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:

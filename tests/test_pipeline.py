@@ -249,7 +249,8 @@ def test_partitions_sized_from_inputs_and_workers():
     from faceetl.pipeline.inputs import auto_partition_size
 
     assert auto_partition_size(7, slots=2) == 1  # every worker gets work on a small job
-    assert auto_partition_size(100, slots=2) == 13  # about four partitions per worker
+    assert auto_partition_size(100, slots=2) == 4  # about 16 partitions per worker: a short
+    assert auto_partition_size(1000, slots=2) == 32  # last wave
     assert auto_partition_size(1_000_000, slots=8) == 64  # capped: large jobs, few tasks
     photos = [str(p) for p in sorted((IMAGES / "group").glob("*.jpg"))]
     assert read_images(photos).npartitions >= min(len(photos), 2)

@@ -106,6 +106,37 @@ def test_extract_faces_reads_urls_and_writes_crops_to_a_url(memdir, tmp_path, mo
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("where", ["s3", "memory"])
+def test_read_many_fetches_a_batch_of_urls_in_order_with_each_error_in_its_place(where, request):
+    """A batch of URLs is requested together (``fs.cat_ranges``: at once on s3fs); each answer
+    is in its input's place, a missing object and a folder as read_bytes would raise them."""
+    if where == "s3":
+        s3 = request.getfixturevalue("s3")
+        fs, base, options = s3["fs"], s3["bucket"], s3["storage_options"]
+        root = storage.strip(base)
+    else:
+        (fs, root), options = request.getfixturevalue("memdir"), None
+        base = f"memory://{root}"
+    names = [p.name for p in SINGLE[:3]]
+    for p in SINGLE[:3]:
+        fs.pipe_file(f"{root}/photos/{p.name}", p.read_bytes())
+    urls = [f"{base}/photos/{n}" for n in names]
+    urls[1:1] = [f"{base}/photos/missing.jpg", f"{base}/photos"]  # a miss and a folder inside
+    got = storage.read_many(urls, options)
+    assert [type(g) for g in got] == [bytes, FileNotFoundError, IsADirectoryError, bytes, bytes]
+    for url, data in zip(urls, got, strict=True):
+        if isinstance(data, bytes):
+            assert data == storage.read_bytes(url, options)
+    with pytest.raises(IsADirectoryError):
+        storage.read_bytes(f"{base}/photos", options)
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(f"{base}/photos/missing.jpg", options)
+    from faceetl.images import ImageError, read_url_bytes
+
+    said = [str(g) for g in read_url_bytes(urls, options) if isinstance(g, ImageError)]
+    assert said == ["file not found", "is a directory"]
+
+
 # -- Pife on URLs ---------------------------------------------------------------------------------
 
 

@@ -99,11 +99,19 @@ def _parallel_slots() -> int:
         return cpu_cores()
 
 
+#: partitions per parallel slot a job is cut into when it is small enough (below the size cap):
+#: the last wave leaves a worker idle for about half a partition, so with ``k`` partitions a slot
+#: about 1/(4k) of the run is lost there (more where photos differ in cost)
+PARTITIONS_PER_SLOT = 16
+
+
 def auto_partition_size(n_paths: int, slots: int | None = None) -> int:
-    """Paths per partition: about four partitions per parallel slot, so every worker gets work
-    and finishes close to the others, and at most DEFAULT_PARTITION_SIZE paths (large jobs)."""
+    """Paths per partition: about :data:`PARTITIONS_PER_SLOT` partitions per parallel slot, so
+    every worker gets work and the workers finish close together, and at most
+    DEFAULT_PARTITION_SIZE paths (large jobs: few tasks)."""
     slots = slots or _parallel_slots()
-    return int(min(DEFAULT_PARTITION_SIZE, max(1, math.ceil(n_paths / (4 * slots)))))
+    per_slot = PARTITIONS_PER_SLOT * slots
+    return int(min(DEFAULT_PARTITION_SIZE, max(1, math.ceil(n_paths / per_slot))))
 
 
 def read_images(

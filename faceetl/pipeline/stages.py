@@ -33,7 +33,14 @@ import pandas as pd
 from .. import schema, storage
 from ..align import crop_face, estimate_transform
 from ..backends.base import REGISTRY, Detections, get_backend
-from ..images import ImageError, crop_extension, decode_image, encode_crop, read_image_bytes
+from ..images import (
+    ImageError,
+    crop_extension,
+    decode_image,
+    encode_crop,
+    read_image_bytes,
+    read_url_bytes,
+)
 from ..predictors.base import output_columns
 from .cluster import ENV_IO_THREADS, cpu_cores
 from .crops import CropWriteError, OutputError, write_crop
@@ -184,6 +191,7 @@ class PartitionRun:
         self.origin: list[int] = []  # input row of each output row
         self.predicted: dict[str, list[Any]] = {}
         self.sha: dict[int, str] = {}  # input row -> sha256 of its file's bytes, once read
+        self.fetched: dict[int, bytes | Exception] = {}  # URL inputs read with their batch
 
     # -- rows ------------------------------------------------------------------------------------
 
@@ -206,13 +214,29 @@ class PartitionRun:
     def read(self, i: int) -> bytes:
         """The bytes of input ``i``, their sha256 noted for its rows (hashed here, while they are
         in memory: the file is never read again for it)."""
-        data = read_image_bytes(self.paths[i], self.job.storage_options)
+        data = self.fetched.pop(i, None)
+        if data is None:
+            data = read_image_bytes(self.paths[i], self.job.storage_options)
+        elif isinstance(data, Exception):
+            raise data
         self.sha[i] = hashlib.sha256(data).hexdigest()
         return data
 
-    def load(self, i: int) -> Any:
-        """Image ``i`` (RGB uint8, on the host), or its error row."""
+    def fetch(self, batch: range) -> None:
+        """The bytes of the batch's URL inputs, requested together (an object store answers
+        them at once: a batch waits about one round trip, not one per file); :meth:`read`
+        takes them from here."""
+        urls = [i for i in batch if storage.is_url(self.paths[i])]
+        if len(urls) > 1:
+            with stage("read"):
+                got = read_url_bytes([self.paths[i] for i in urls], self.job.storage_options)
+            self.fetched.update(zip(urls, got, strict=True))
+
+    def load(self, i: int, fetching: Future | None = None) -> Any:
+        """Image ``i`` (RGB uint8, on the host), or its error row (after its batch's fetch)."""
         try:
+            if fetching is not None:
+                fetching.result()
             with stage("read"):
                 data = self.read(i)
             with stage("decode"):
@@ -224,6 +248,7 @@ class PartitionRun:
         """The images of ``batch`` as (H, W, 3) tensors on the backend's device, or error rows."""
         out: list[Any] = []
         datas: list[bytes] = []
+        self.fetch(batch)
         with stage("read"):
             for i in batch:
                 try:
@@ -244,7 +269,8 @@ class PartitionRun:
         by side on the host, or the whole batch in one device decode."""
         batch = range(start, min(start + self.job.batch_size, len(self.paths)))
         if self.device is None:
-            return [(i, in_pool(self.load, i).result) for i in batch]
+            fetching = in_pool(self.fetch, batch)  # first in the pool's queue: never waits on a load
+            return [(i, in_pool(self.load, i, fetching).result) for i in batch]
         whole = in_pool(self.load_on_device, batch)
         return [(i, lambda k=k: whole.result()[k]) for k, i in enumerate(batch)]
 
