@@ -304,7 +304,7 @@ def _one_cluster(scheduler: str | None, workers: int | None) -> None:
     "--partition-size",
     type=POSITIVE,
     default=None,
-    show_default="about 4 partitions per worker thread, at most 64 images",
+    show_default="about 16 partitions per worker thread, at most 64 images",
     help="Images per partition.",
 )
 @click.option(

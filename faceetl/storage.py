@@ -206,6 +206,9 @@ def list_files(
         found = sorted(p for p in fs.glob(path) if not fs.isdir(p))
     else:
         return [source]
+    # s3fs and its kin keep every listed object's details (~1.8 KB each) in the filesystem's
+    # listings cache, which lives as long as the (cached) filesystem: the names are all we keep
+    fs.invalidate_cache(path)
     if extensions is not None:
         exts = tuple(e.lower() for e in extensions)
         found = [p for p in found if p.lower().endswith(exts)]
