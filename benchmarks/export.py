@@ -22,51 +22,21 @@ MB/s counts the bytes of the files written (tar shards, or parquet files, or ima
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+import storage as bench  # benchmarks/storage.py: FACEETL_HOME from the shared weights
+from simulated import moto_server  # moto's S3 server, as million.py starts it
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEETL_SHARED", ROOT.parent / "shared"))
-
-
-def _home(folder: Path) -> None:
-    """FACEETL_HOME: a flat copy of the shared weights (the Makefile's ``weights``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in sorted((SHARED / "weights").rglob("*")):
-        if f.is_file() and not (folder / f.name).exists():
-            shutil.copy(f, folder / f.name)
-    os.environ["FACEETL_HOME"] = str(folder)
-
-
-def _moto() -> tuple[subprocess.Popen, str]:
-    """moto's S3 server on a free local port (as tests/conftest.py starts it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return proc, url
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto_server did not start on {url}") from None
-            time.sleep(0.1)
 
 
 def _faces(n: int, parts: int, out: Path) -> str:
@@ -119,15 +89,15 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="faceetl-export-bench-"))
-    _home(work / "home")
+    bench._home(work / "home")
     os.environ.setdefault("FACEETL_OFFLINE", "1")
     import fsspec
     import s3fs
 
     import faceetl
 
-    moto, endpoint = _moto()
-    opts = {"endpoint_url": endpoint, "key": "bench", "secret": "bench"}
+    servers = contextlib.ExitStack()
+    opts = servers.enter_context(moto_server())
     s3 = s3fs.S3FileSystem(**opts)
     s3.mkdir("bench")
     local = fsspec.filesystem("file")
@@ -175,8 +145,7 @@ def main() -> None:
             faces, folders, label="album", progress=False), local, str(folders),
             (".png", ".jpg", ".webp"))  # fmt: skip
     finally:
-        moto.terminate()
-        moto.wait(10)
+        servers.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:

@@ -85,13 +85,10 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
     if not is_url(url):
         with open(local_path(url), "rb") as f:
             return f.read()
-    fs, path = filesystem(url, storage_options)
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:  # a folder (a prefix on an object store) is asked only then
-        if fs.isdir(path):
-            raise IsADirectoryError(url) from None
-        raise
+    data = read_many([url], storage_options)[0]
+    if isinstance(data, Exception):
+        raise data
+    return data
 
 
 def read_many(
@@ -99,15 +96,17 @@ def read_many(
 ) -> list[bytes | Exception]:
     """The bytes of each of ``urls``, fetched together: an async filesystem
     (s3fs, gcsfs, adlfs, http) sends the requests at once (``fs.cat_ranges``), so a batch waits
-    about one round trip, not one per file. Each failure is returned in its place, as
-    :func:`read_bytes` would raise it."""
+    about one round trip, not one per file. Each failure is in its place: FileNotFoundError,
+    IsADirectoryError (a folder, a prefix on an object store: asked only after a miss) or
+    what the filesystem raised."""
     out: list[bytes | Exception] = [b""] * len(urls)
-    groups: dict[str | None, list[int]] = {}
+    groups: dict[int, tuple[Any, list[int], list[str]]] = {}  # one request per filesystem
     for k, url in enumerate(urls):
-        groups.setdefault(protocol(url), []).append(k)
-    for members in groups.values():
-        fs, _ = filesystem(urls[members[0]], storage_options)
-        paths = [fs._strip_protocol(urls[k]) for k in members]
+        fs, path = filesystem(url, storage_options)  # chained URLs too (``simplecache::s3://``)
+        _, members, paths = groups.setdefault(id(fs), (fs, [], []))
+        members.append(k)
+        paths.append(path)
+    for fs, members, paths in groups.values():
         try:
             got = fs.cat_ranges(paths, None, None, on_error="return")
         except Exception as e:  # the filesystem itself failed (credentials, endpoint): each

@@ -185,10 +185,8 @@ def compute_frame(
             pending = as_completed(futures)
             del futures  # a finished task is released as soon as its result is here
             for fut in pending:
-                part = fut.result()
-                results[index.pop(fut.key)] = _compact(part)
-                bar.update(images_of(part))
-                del fut, part
+                _take(fut, index, results, bar)
+                del fut
         else:
             results = _compute_local(parts, bar, compute_kwargs)
     finally:
@@ -197,6 +195,14 @@ def compute_frame(
     if progress and summarize:
         print(f"faceetl: {summary(frame, bar.elapsed)}", flush=True)
     return frame
+
+
+def _take(fut: Any, index: dict[Any, int], results: list[Any], bar: ImageProgress) -> None:
+    """A finished task's result into its place in ``results`` (``index``: key -> place, the
+    key dropped), kept compact, its images counted on ``bar``."""
+    part = fut.result()
+    results[index.pop(fut.key)] = _compact(part)
+    bar.update(images_of(part))
 
 
 def _compact(part: Any) -> Any:
@@ -264,11 +270,7 @@ def compute_batches(
                     pending.update(futures)
                     sent = tasks.stop
                     del futures
-                fut = next(pending)
-                part = fut.result()
-                results[index.pop(fut.key)] = _compact(part)
-                bar.update(images_of(part))
-                del fut, part
+                _take(next(pending), index, results, bar)
     finally:
         bar.close()
         if tidy:
